@@ -1,0 +1,206 @@
+"""YAML configuration loaded into validated dataclasses.
+
+An unknown key, a missing required key or a value of the wrong type is a :class:`ConfigError`
+naming the file and the key, so a typo in a hyp file never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+T = typing.TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration file or dict does not match its schema (one-line message)."""
+
+
+def _check_value(value, tp, where: str):
+    origin = typing.get_origin(tp)
+    if tp is typing.Any:
+        return value
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin in (list, tuple):
+        if isinstance(value, (str, int, float)) and origin is list:
+            value = [value]  # a single entry where a list is expected
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (arg, *rest) = typing.get_args(tp) or (typing.Any,)
+        items = [_check_value(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
+        return origin(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict | None, where: str = "config") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown or missing keys raise :class:`ConfigError`."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(fields)})")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _check_value(data[name], hints[name], f"{where}: {name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}: missing required key {name}")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_yaml(path) -> dict:
+    """Read a YAML mapping; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({' '.join(str(exc).split())})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_config(cls: type[T], source) -> T:
+    """``source`` is a YAML path, a dict, or already a ``cls``."""
+    if isinstance(source, cls):
+        return source
+    if isinstance(source, dict):
+        return from_dict(cls, source, cls.__name__)
+    return from_dict(cls, load_yaml(source), str(source))
+
+
+def to_dict(obj) -> dict:
+    """Dataclass -> plain dict (for opt.yaml / hyp.yaml and checkpoint metadata)."""
+    return dataclasses.asdict(obj)
+
+
+@dataclass
+class Hyp:
+    """Training hyperparameters (data/hyps/*.yaml). Loss gains live in ``loss``, validated by the loss."""
+
+    # optimizer (YOLOv5's defaults for SGD; AdamW uses lr0 ~1e-3)
+    optimizer: str = "SGD"
+    lr0: float = 0.01
+    lrf: float = 0.01           # final lr = lr0 * lrf
+    momentum: float = 0.937
+    weight_decay: float = 0.0005
+    warmup_epochs: float = 3.0
+    warmup_momentum: float = 0.8
+    warmup_bias_lr: float = 0.1
+    grad_clip: float = 10.0     # max gradient norm (YOLOv5 clips at 10)
+    ema_decay: float = 0.9999   # YOLOv5 ModelEMA decay, ramped up over ema_tau updates
+    ema_tau: float = 2000.0
+    # augmentation (fractions, degrees, probabilities)
+    hsv_h: float = 0.015
+    hsv_s: float = 0.7
+    hsv_v: float = 0.4
+    contrast: float = 0.2       # random gamma/contrast jitter amplitude for grey modalities
+    degrees: float = 0.0
+    translate: float = 0.1
+    scale: float = 0.5
+    shear: float = 0.0
+    flipud: float = 0.5
+    fliplr: float = 0.5
+    mosaic: float = 1.0
+    rot90: float = 0.5          # probability of a random 90-degree rotation (microscopy has no "up")
+    multiscale: float = 0.0     # train at img * U(1 - m, 1 + m), rounded to the stride; 0 = off
+    # weakly-supervised stage: pseudo labels under this confidence are ignored by the loss
+    pseudo_conf: float = 0.0
+    loss: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.optimizer not in ("SGD", "Adam", "AdamW"):
+            raise ValueError(f"optimizer must be SGD, Adam or AdamW, got {self.optimizer}")
+        for name in ("mosaic", "flipud", "fliplr", "rot90"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a probability in [0, 1]")
+        if not 0.0 <= self.multiscale < 1.0:
+            raise ValueError("multiscale must be in [0, 1)")
+
+
+@dataclass
+class DataConfig:
+    """A dataset YAML (data/*.yaml).
+
+    ``path`` is the dataset root, relative to the YAML file's folder unless absolute. Each entry of
+    ``train``/``val``/``unlabeled``/``pseudo`` is either a folder under ``path`` in the NeurIPS layout
+    (``images/`` and ``labels/``) or a ``.txt`` split file (relative to the YAML's folder) listing
+    image paths relative to ``path``, one per line.
+    """
+
+    path: str
+    train: list[str] = field(default_factory=list)
+    val: list[str] = field(default_factory=list)
+    unlabeled: list[str] = field(default_factory=list)
+    pseudo: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=lambda: ["cell"])
+    modality: typing.Optional[str] = None   # weakly stage: keep only images of this modality
+    meta: typing.Optional[str] = None       # CSV (relative to path) with name,modality columns
+    yaml_dir: str = "."                     # set by load_data_config, not by users
+
+    def __post_init__(self):
+        if self.names != ["cell"]:
+            raise ValueError("only one class is supported: names: [cell]")
+        if self.modality not in (None, "bf", "fl", "gs"):
+            raise ValueError(f"modality must be bf, fl or gs, got {self.modality}")
+
+    @property
+    def root(self) -> Path:
+        p = Path(self.path).expanduser()
+        return p if p.is_absolute() else (Path(self.yaml_dir) / p).resolve()
+
+
+def load_data_config(path) -> DataConfig:
+    """Load a dataset YAML; relative paths resolve against the YAML file's folder."""
+    data = load_yaml(path)
+    if "yaml_dir" in data:
+        raise ConfigError(f"{path}: unknown key(s) yaml_dir")
+    data["yaml_dir"] = str(Path(path).resolve().parent)
+    return from_dict(DataConfig, data, str(path))

@@ -1,0 +1,207 @@
+"""Image and instance-label I/O for the NeurIPS 2022 cell segmentation formats.
+
+Every reader raises :class:`InputError` with a one-line message that names the file when the
+input is unusable (unreadable, truncated, empty, all-NaN, 3D stack, wrong shape), so command-line
+tools can report it and go on with the next file.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tifffile
+
+LOGGER = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
+LABEL_SUFFIX = "_label.tiff"
+
+# Percentiles of the per-channel intensity scaling (Cellpose and the challenge baseline use 1/99).
+NORM_LOWER_PERCENTILE = 1.0
+NORM_UPPER_PERCENTILE = 99.8
+# A channel whose percentile range is below this (in raw units) is treated as constant.
+NORM_MIN_RANGE = 1e-6
+# Above this many pixels, percentiles are estimated on a strided subsample (exact enough, far faster).
+NORM_SAMPLE_PIXELS = 4_000_000
+
+
+class InputError(ValueError):
+    """A user's input file cannot be used; ``str(err)`` is one line naming the file."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = " ".join(str(reason).split())  # one line, whatever the cause said
+        super().__init__(f"{self.path}: {self.reason}")
+
+
+def list_images(folder) -> list[Path]:
+    """Sorted image files (by IMAGE_SUFFIXES, case-insensitive) directly inside ``folder``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "not a folder")
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def label_path_for(image_path, labels_dir) -> Path:
+    """NeurIPS layout: images/NAME.ext pairs with labels/NAME_label.tiff."""
+    return Path(labels_dir) / (Path(image_path).stem + LABEL_SUFFIX)
+
+
+def _read_raw(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    if path.stat().st_size == 0:
+        raise InputError(path, "empty file (0 bytes)")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            arr = tifffile.imread(str(path))
+        else:
+            arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if arr is None:
+                raise ValueError("not a readable image")
+            if arr.ndim == 3 and arr.shape[2] >= 3:  # OpenCV gives BGR(A)
+                arr = arr[..., [2, 1, 0] + list(range(3, arr.shape[2]))]
+    except InputError:
+        raise
+    except Exception as exc:  # tifffile/cv2 raise many types for corrupt files
+        raise InputError(path, f"cannot read ({type(exc).__name__}: {exc})") from None
+    arr = np.asarray(arr)
+    if arr.size == 0:
+        raise InputError(path, f"image has no pixels (shape {arr.shape})")
+    return arr
+
+
+def _to_hwc(arr: np.ndarray, path) -> np.ndarray:
+    """Squeeze singleton axes and return (H, W, C) with C in 1..4 (channel-first is detected)."""
+    arr = np.squeeze(arr)
+    if arr.ndim == 2:
+        return arr[..., None]
+    if arr.ndim != 3:
+        raise InputError(path, f"expected a 2D image, got an array of shape {arr.shape}")
+    if arr.shape[-1] <= 4:
+        return arr
+    if arr.shape[0] <= 4:
+        return np.moveaxis(arr, 0, -1)
+    raise InputError(path, f"3D stack of shape {arr.shape} where a 2D image is expected")
+
+
+def read_image(path) -> np.ndarray:
+    """Read an image as ``(H, W, C)``, C in 1..4, in its stored dtype (uint8/uint16/int16/float32...)."""
+    path = Path(path)
+    arr = _to_hwc(_read_raw(path), path)
+    if arr.dtype.kind == "f" and np.isnan(arr).all():
+        raise InputError(path, "all pixels are NaN")
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    return arr
+
+
+def _to_three_channels(img: np.ndarray) -> np.ndarray:
+    c = img.shape[2]
+    if c == 1:
+        return np.repeat(img, 3, axis=2)
+    if c == 2:  # two stains: put them in green and blue, an empty red channel (fluorescence-like)
+        return np.concatenate([np.zeros_like(img[..., :1]), img], axis=2)
+    return img[..., :3]  # RGB, or RGBA with alpha dropped
+
+
+def normalize_image(img: np.ndarray, lower: float = NORM_LOWER_PERCENTILE,
+                    upper: float = NORM_UPPER_PERCENTILE) -> np.ndarray:
+    """Raw ``(H, W, C)`` image -> network image ``(H, W, 3) uint8`` by per-channel percentile scaling.
+
+    Each channel is mapped linearly so that its ``lower`` percentile becomes 0 and its ``upper``
+    percentile 255 (clipped), computed in float32 so 16-bit data never overflows. A constant (or
+    empty) channel becomes 0. NaNs become 0.
+    """
+    img = _to_three_channels(img)
+    out = np.zeros(img.shape, np.uint8)
+    step = max(1, int(np.sqrt(img.shape[0] * img.shape[1] / NORM_SAMPLE_PIXELS)))
+    for c in range(3):
+        ch = img[..., c].astype(np.float32, copy=False)
+        sample = ch[::step, ::step]
+        finite = sample[np.isfinite(sample)]
+        if finite.size == 0:
+            continue
+        lo, hi = np.percentile(finite, [lower, upper])
+        if hi - lo < NORM_MIN_RANGE:
+            lo, hi = float(finite.min()), float(finite.max())
+            if hi - lo < NORM_MIN_RANGE:
+                continue  # constant channel
+        scaled = (ch - lo) * (255.0 / (hi - lo))
+        np.clip(np.nan_to_num(scaled, nan=0.0), 0, 255, out=scaled)
+        out[..., c] = (scaled + 0.5).astype(np.uint8)
+    return out
+
+
+def load_image(path) -> np.ndarray:
+    """Path -> network image ``(H, W, 3) uint8`` (read + percentile normalisation)."""
+    return normalize_image(read_image(path))
+
+
+def read_label(path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read an instance label map as ``(H, W) int32``; ``shape`` (H, W) is checked when given."""
+    path = Path(path)
+    arr = np.squeeze(_read_raw(path))
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and path.suffix.lower() not in (".tif", ".tiff"):
+        arr = arr[..., 0]  # a PNG label saved as RGB grey
+    if arr.ndim != 2:
+        raise InputError(path, f"expected a 2D label map, got shape {arr.shape}")
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise InputError(path, "label map contains NaN or infinite values")
+        if (arr != np.round(arr)).any():
+            raise InputError(path, "label map has non-integer values")
+    if arr.dtype.kind not in "uifb":
+        raise InputError(path, f"unsupported label dtype {arr.dtype}")
+    if arr.min() < 0:
+        raise InputError(path, "label map has negative ids")
+    if arr.max() > np.iinfo(np.int32).max:
+        raise InputError(path, "label ids exceed int32")
+    if shape is not None and tuple(arr.shape) != tuple(shape[:2]):
+        raise InputError(path, f"label shape {arr.shape} does not match image shape {tuple(shape[:2])}")
+    return arr.astype(np.int32, copy=False)
+
+
+@contextlib.contextmanager
+def atomic_write(path):
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_label(path, label: np.ndarray) -> None:
+    """Write an instance label map atomically as zlib-compressed TIFF: uint16, or uint32 past 65,535."""
+    label = np.asarray(label)
+    if label.ndim != 2:
+        raise ValueError(f"label must be 2D, got shape {label.shape}")
+    dtype = np.uint16 if label.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32
+    with atomic_write(path) as tmp:
+        tifffile.imwrite(str(tmp), label.astype(dtype, copy=False), compression="zlib")
+
+
+def write_image(path, img: np.ndarray) -> None:
+    """Write an image (PNG/JPG/BMP via OpenCV from RGB, TIFF via tifffile) atomically."""
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            tifffile.imwrite(str(tmp), img)
+        else:
+            arr = img
+            if img.ndim == 3 and img.shape[2] in (3, 4):  # OpenCV writes BGR(A)
+                arr = img[..., [2, 1, 0] + list(range(3, img.shape[2]))]
+            if not cv2.imwrite(str(tmp), np.ascontiguousarray(arr)):
+                raise OSError(f"{path}: OpenCV could not write the image")
