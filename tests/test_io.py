@@ -74,14 +74,31 @@ def test_normalize_no_overflow_and_constant():
     assert not const_float.any()
 
 
-def test_normalize_percentiles_per_channel():
-    img = np.zeros((100, 100, 3), np.float32)
-    img[..., 1] = np.linspace(0, 1, 100)[None]          # green ramp
-    img[..., 2] = np.linspace(1000, 5000, 100)[:, None]  # blue ramp, other range
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16])
+def test_normalize_percentiles_per_channel(dtype):
+    img = np.zeros((100, 100, 3), dtype)
+    img[..., 1] = np.linspace(0, 3000, 100)[None]        # green ramp
+    img[..., 2] = np.linspace(1000, 5000, 100)[:, None]  # blue ramp, another offset and range
     net = normalize_image(img)
     assert net[..., 0].max() == 0
     assert net[..., 1].max() == 255 and net[..., 2].max() == 255
     assert net[..., 1].min() == 0 and net[..., 2].min() == 0
+
+
+def test_normalize_keeps_a_nearly_empty_channel_dark():
+    rng = np.random.default_rng(1)
+    img = np.zeros((100, 100, 3), np.uint8)
+    img[..., 0] = rng.integers(0, 4, (100, 100))         # red: camera noise only
+    img[..., 1] = np.linspace(0, 200, 100)[None]          # green: the signal
+    net = normalize_image(img)
+    assert net[..., 1].max() == 255 and np.median(net[..., 0]) < 10
+
+
+def test_normalize_grey_is_replicated():
+    img = np.linspace(0, 65535, 64 * 64).reshape(64, 64, 1).astype(np.uint16)
+    net = normalize_image(img)
+    assert (net[..., 0] == net[..., 1]).all() and (net[..., 1] == net[..., 2]).all()
+    assert net.min() == 0 and net.max() == 255
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.uint32])

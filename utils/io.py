@@ -26,6 +26,8 @@ NORM_LOWER_PERCENTILE = 1.0
 NORM_UPPER_PERCENTILE = 99.8
 # A channel whose percentile range is below this (in raw units) is treated as constant.
 NORM_MIN_RANGE = 1e-6
+# A channel whose range is under this fraction of the strongest channel's is "nearly empty".
+NORM_WEAK_CHANNEL = 0.1
 # Above this many pixels, percentiles are estimated on a strided subsample (exact enough, far faster).
 NORM_SAMPLE_PIXELS = 4_000_000
 
@@ -111,31 +113,70 @@ def _to_three_channels(img: np.ndarray) -> np.ndarray:
     return img[..., :3]  # RGB, or RGBA with alpha dropped
 
 
+def _percentiles(ch: np.ndarray, lower: float, upper: float) -> tuple[float, float] | None:
+    """(lower, upper) percentiles of a channel (None when it has no finite pixel).
+
+    8/16-bit integer channels use a histogram (exact to one grey level, ~10x faster than sorting).
+    """
+    if ch.dtype in (np.uint8, np.uint16):
+        hist = np.bincount(ch.ravel(), minlength=256)
+        cdf = np.cumsum(hist) / ch.size
+        lo = int(np.searchsorted(cdf, lower / 100.0, side="left"))
+        hi = int(np.searchsorted(cdf, upper / 100.0, side="left"))
+        if hi == lo:  # sparse signal: fall back to the full range
+            present = np.flatnonzero(hist)
+            lo, hi = int(present[0]), int(present[-1])
+        return float(lo), float(hi)
+    finite = ch[np.isfinite(ch)]
+    if finite.size == 0:
+        return None
+    lo, hi = np.percentile(finite, [lower, upper])
+    if hi - lo < NORM_MIN_RANGE:
+        lo, hi = finite.min(), finite.max()
+    return float(lo), float(hi)
+
+
+def _scale_channel(ch: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map [lo, hi] -> [0, 255] uint8 (clipped); a lookup table for 8/16-bit integer channels."""
+    if ch.dtype in (np.uint8, np.uint16):
+        levels = np.arange(np.iinfo(ch.dtype).max + 1, dtype=np.float32)
+        lut = np.clip((levels - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
+        return lut[ch]
+    scaled = (ch.astype(np.float32) - lo) * (255.0 / (hi - lo))
+    np.clip(np.nan_to_num(scaled, nan=0.0), 0, 255, out=scaled)
+    return (scaled + 0.5).astype(np.uint8)
+
+
 def normalize_image(img: np.ndarray, lower: float = NORM_LOWER_PERCENTILE,
                     upper: float = NORM_UPPER_PERCENTILE) -> np.ndarray:
     """Raw ``(H, W, C)`` image -> network image ``(H, W, 3) uint8`` by per-channel percentile scaling.
 
     Each channel is mapped linearly so that its ``lower`` percentile becomes 0 and its ``upper``
-    percentile 255 (clipped), computed in float32 so 16-bit data never overflows. A constant (or
-    empty) channel becomes 0. NaNs become 0.
+    percentile 255 (clipped), in float32 or through a lookup table, so 16-bit data never
+    overflows. A constant channel becomes 0. A nearly empty channel (range under
+    NORM_WEAK_CHANNEL of the strongest channel's, e.g. the red of a fluorescence RGB image) is
+    scaled with the strongest channel's range, so its noise is not stretched to full range.
     """
-    img = _to_three_channels(img)
-    out = np.zeros(img.shape, np.uint8)
+    if img.ndim == 2:
+        img = img[..., None]
     step = max(1, int(np.sqrt(img.shape[0] * img.shape[1] / NORM_SAMPLE_PIXELS)))
-    for c in range(3):
-        ch = img[..., c].astype(np.float32, copy=False)
-        sample = ch[::step, ::step]
-        finite = sample[np.isfinite(sample)]
-        if finite.size == 0:
-            continue
-        lo, hi = np.percentile(finite, [lower, upper])
-        if hi - lo < NORM_MIN_RANGE:
-            lo, hi = float(finite.min()), float(finite.max())
-            if hi - lo < NORM_MIN_RANGE:
-                continue  # constant channel
-        scaled = (ch - lo) * (255.0 / (hi - lo))
-        np.clip(np.nan_to_num(scaled, nan=0.0), 0, 255, out=scaled)
-        out[..., c] = (scaled + 0.5).astype(np.uint8)
+    if img.shape[2] == 1:  # grey: scale once, then replicate
+        b = _percentiles(img[::step, ::step, 0], lower, upper)
+        if b is None or b[1] - b[0] < NORM_MIN_RANGE:
+            return np.zeros(img.shape[:2] + (3,), np.uint8)
+        return np.repeat(_scale_channel(img[..., 0], *b)[..., None], 3, axis=2)
+    img = _to_three_channels(img)
+    bounds = [_percentiles(img[::step, ::step, c], lower, upper) for c in range(3)]
+    ranges = [b[1] - b[0] if b else 0.0 for b in bounds]
+    ref = max(ranges)
+    out = np.zeros(img.shape, np.uint8)
+    for c, b in enumerate(bounds):
+        if b is None or ref < NORM_MIN_RANGE:
+            continue  # empty or constant image
+        lo, hi = b
+        if ranges[c] < NORM_WEAK_CHANNEL * ref:
+            hi = lo + ref
+        out[..., c] = _scale_channel(img[..., c], lo, hi)
     return out
 
 
