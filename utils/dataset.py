@@ -675,8 +675,11 @@ def build_dataloader(dataset: Dataset, batch_size: int, workers: int, shuffle: b
 
     world_size > 1: a DistributedSampler (seeded with ``seed``, drop_last when shuffling, i.e.
     training) -- call its ``set_epoch(epoch)`` every epoch. Shuffle order and per-item
-    augmentation seeds come from ``loader.generator`` (seeded ``seed + rank``; reseed it per epoch
-    for exact resume). pin_memory when CUDA is available; persistent workers when workers > 0.
+    augmentation seeds come from ``loader.sampler.generator`` (seeded ``seed + rank``; reseed it
+    per epoch for exact resume). It is not the DataLoader's own generator: the DataLoader draws
+    worker base seeds from that one once per iterator, i.e. once per run with persistent workers
+    but once per epoch without, which would shift the sample seeds of a resumed run.
+    pin_memory when CUDA is available; persistent workers when workers > 0.
     """
     generator = torch.Generator()
     generator.manual_seed(seed + max(rank, 0))
@@ -690,6 +693,6 @@ def build_dataloader(dataset: Dataset, batch_size: int, workers: int, shuffle: b
         base = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=SeededSampler(base, generator),
                         num_workers=workers, collate_fn=collate_fn, worker_init_fn=seed_worker,
-                        generator=generator, pin_memory=torch.cuda.is_available(),
+                        pin_memory=torch.cuda.is_available(),
                         persistent_workers=workers > 0)
     return loader, dist_sampler

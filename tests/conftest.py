@@ -1,0 +1,38 @@
+"""Shared fixtures: a small synthetic multi-modality dataset in the NeurIPS layout."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from utils.synthetic import write_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> Path:
+    """A data YAML over 8 synthetic 96x96 images (fl, bf, gs), the same images for train and val."""
+    root = tmp_path_factory.mktemp("synthetic")
+    write_dataset(root / "set", 8, size=(96, 96), seed=0, size_range=(10, 30))
+    cfg = root / "data.yaml"
+    cfg.write_text(yaml.safe_dump({"path": "set", "train": ["."], "val": ["."]}))
+    return cfg
+
+
+def _run_script(args, cwd=REPO, timeout=600, env_extra=None, check=True):
+    """Run ``python ARGS`` (a repository script or ``-m torch.distributed.run``) from the repo root."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env_extra or {})}
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture
+def run_script():
+    return _run_script

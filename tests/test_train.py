@@ -1,0 +1,89 @@
+"""train_main.py end to end on synthetic data: run directory, DDP under torchrun, exact resume."""
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+COMMON = ["--hyp", "data/hyps/hyp.labeled.yaml", "--img", "64", "--batch", "2", "--workers", "0",
+          "--device", "cpu", "--seed", "3"]
+
+
+def _weights(path):
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return ckpt
+
+
+def test_single_process_run_directory(tmp_path, synthetic_data, run_script):
+    run_script(["train_main.py", "--data", synthetic_data, *COMMON, "--epochs", "2",
+                "--project", tmp_path, "--name", "exp", "--save-period", "1"])
+    run = tmp_path / "exp"
+    for name in ("weights/last.pt", "weights/best.pt", "weights/epoch0.pt", "weights/epoch1.pt",
+                 "opt.yaml", "hyp.yaml", "results.csv", "results.png"):
+        assert (run / name).is_file(), name
+    results = pd.read_csv(run / "results.csv")
+    assert list(results["epoch"]) == [0, 1]
+    for col in ("train/loss", "lr", "val/f1", "val/precision", "val/recall", "seconds"):
+        assert col in results.columns
+    ckpt = _weights(run / "weights" / "last.pt")
+    assert ckpt["epoch"] == 1 and ckpt["kind"] == "awf"
+    assert ckpt["model_config"]["anchors"]
+    # a second run with the same name goes to exp2
+    run_script(["train_main.py", "--data", synthetic_data, *COMMON, "--epochs", "1",
+                "--project", tmp_path, "--name", "exp"])
+    assert (tmp_path / "exp2" / "weights" / "last.pt").is_file()
+
+
+def test_ddp_torchrun_two_processes_gloo(tmp_path, synthetic_data, run_script):
+    proc = run_script(["-m", "torch.distributed.run", "--nproc_per_node", "2", "train_main.py",
+                       "--data", synthetic_data, *COMMON, "--batch", "4", "--epochs", "1",
+                       "--project", tmp_path, "--name", "ddp", "--sync-bn"],
+                      env_extra={"OMP_NUM_THREADS": "1"})
+    run = tmp_path / "ddp"
+    assert (run / "weights" / "last.pt").is_file()
+    assert not (tmp_path / "ddp2").exists()  # only rank 0 made a run directory
+    assert "gloo" in proc.stderr
+    assert len(pd.read_csv(run / "results.csv")) == 1
+
+
+def test_resume_after_kill_continues_exactly(tmp_path, synthetic_data, run_script):
+    args = ["train_main.py", "--data", synthetic_data, *COMMON, "--epochs", "3", "--project", tmp_path]
+    run_script([*args, "--name", "straight"])
+    proc = subprocess.Popen([sys.executable, *map(str, args), "--name", "killed"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "killed" / "weights" / "last.pt"
+    deadline = time.time() + 300
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # mid-run, after epoch 0 was saved
+    proc.wait()
+    epoch_killed = _weights(last)["epoch"]
+    if epoch_killed >= 2:
+        pytest.skip("the run finished before it could be killed")
+    run_script(["train_main.py", "--resume", last])
+    a = _weights(tmp_path / "straight" / "weights" / "last.pt")
+    b = _weights(last)
+    assert b["epoch"] == 2
+    for key in ("model", "ema"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
+    assert list(pd.read_csv(tmp_path / "killed" / "results.csv")["epoch"]) == [0, 1, 2]
+
+
+def test_nan_loss_stops_without_touching_checkpoints(tmp_path, synthetic_data, run_script):
+    hyp = tmp_path / "nan.yaml"
+    hyp.write_text((REPO / "data/hyps/hyp.labeled.yaml").read_text().replace("lr0: 0.001", "lr0: 1.0e+30"))
+    args = ["train_main.py", "--data", synthetic_data, *COMMON, "--hyp", hyp, "--epochs", "3",
+            "--project", tmp_path, "--name", "nan"]
+    proc = run_script(args, check=False)
+    assert proc.returncode != 0
+    assert "NaN" in proc.stderr or "non-finite" in proc.stderr
+    last = tmp_path / "nan" / "weights" / "last.pt"
+    if last.exists():  # whatever was saved is finite
+        ckpt = _weights(last)
+        assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())

@@ -1,0 +1,58 @@
+"""Checkpoints: tensors and plain metadata only, written atomically, loaded with ``weights_only=True``.
+
+A checkpoint is a dict such as::
+
+    {"model": state_dict, "ema": state_dict | None, "optimizer": ..., "scheduler": ...,
+     "epoch": int, "best_fitness": float, "model_config": dict, "hyp": dict, "opt": dict,
+     "rng": {...}, "kind": "awf" | "omnipose" | "resnet18"}
+
+Nothing in it needs pickle to run code, so ``torch.load(path, weights_only=True)`` loads it.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from utils.io import atomic_write
+
+LOGGER = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be loaded (one-line message naming the file)."""
+
+
+def save_checkpoint_atomic(ckpt: dict, path) -> Path:
+    """Write ``ckpt`` to ``path`` via a temporary file and a rename (a crash never leaves half a file)."""
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        torch.save(ckpt, tmp)
+    return path
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``; errors are one line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # corrupt zip, pickled objects refused by weights_only, ...
+        msg = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {msg})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
+    return ckpt
+
+
+def model_state(ckpt: dict) -> dict:
+    """The weights to run: the EMA when present (what YOLOv5 evaluates), else the raw model."""
+    state = ckpt.get("ema") or ckpt.get("model")
+    if state is None:
+        # a bare state dict (e.g. torchvision's resnet18-*.pth)
+        if all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            return ckpt
+        raise CheckpointError("checkpoint holds neither 'model' nor 'ema' weights")
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}

@@ -1,0 +1,482 @@
+"""The one training engine shared by train_main.py, train_weakly.py and train_omnipose.py.
+
+What differs between the scripts is a :class:`Task` (model, loss, data, validation); the loop,
+DDP, EMA, AMP, warm-up and schedules, checkpoints, resume, early stopping and logging live here.
+Only rank 0 writes files and logs.
+
+Resume is exact: every epoch's randomness (sampling order, augmentation) is derived from
+``(seed, epoch, rank)`` alone, so a run resumed from ``last.pt`` of epoch k repeats exactly what
+the uninterrupted run would have done from epoch k + 1 on.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import math
+import random
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import yaml
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from utils import dist as du
+from utils.checkpoint import load_checkpoint, save_checkpoint_atomic
+from utils.config import Hyp, from_dict, load_config, to_dict
+from utils.dataset import build_dataloader
+from utils.io import atomic_write
+from utils.plots import plot_results
+
+LOGGER = logging.getLogger(__name__)
+
+# Warm-up lasts at least this many optimizer steps, whatever warmup_epochs gives (YOLOv5 uses 100).
+MIN_WARMUP_ITERS = 100
+# Multi-scale sizes are multiples of the network's largest stride.
+GRID = 32
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is left untouched."""
+
+
+@dataclass
+class TrainOptions:
+    """Command-line options of the training scripts (YOLOv5's names)."""
+
+    data: str
+    hyp: str
+    weights: str = ""
+    img: int = 640
+    batch: int = 16            # total batch, split across ranks
+    epochs: int = 100
+    workers: int = 8
+    device: str = ""
+    name: str = "exp"
+    project: str = "runs/train"
+    exist_ok: bool = False
+    noautoanchor: bool = False
+    save_period: int = -1
+    patience: int = 100        # 0 = never stop early
+    cos_lr: bool = False
+    sync_bn: bool = False
+    resume: str = ""           # path of last.pt ("" = fresh run)
+    seed: int = 0
+    amp: str = "auto"          # auto (fp16 on CUDA, off on CPU), off, fp16, bf16
+    val_period: int = 1
+    cache_images: bool = False
+    save_dir: str = ""         # set by the engine
+
+
+class Task(ABC):
+    """What a training script supplies to the engine."""
+
+    kind = "task"
+
+    def __init__(self, opt: TrainOptions, hyp: Hyp):
+        self.opt, self.hyp = opt, hyp
+
+    @abstractmethod
+    def build_model(self, ckpt: dict | None) -> nn.Module:
+        """The model, initialised from ``ckpt`` (resume) or from ``opt.weights``."""
+
+    @abstractmethod
+    def build_loss(self, model: nn.Module):
+        """Callable ``(outputs, batch) -> (loss tensor, dict of floats)``."""
+
+    @abstractmethod
+    def train_dataset(self):
+        """``(dataset, collate_fn)`` of the training split."""
+
+    @abstractmethod
+    def validate(self, model: nn.Module, device: torch.device) -> dict:
+        """Metrics dict with at least ``fitness`` (higher is better), computed on rank 0."""
+
+    def before_training(self, model: nn.Module, dataset) -> None:
+        """Hook (e.g. autoanchor) run on every rank before DDP wraps the model."""
+
+    def model_config(self, model: nn.Module) -> dict:
+        return getattr(model, "config_dict", lambda: {})()
+
+    def batch_size_keys(self) -> tuple[str, ...]:
+        """Batch entries resized with the images by multi-scale training (bilinear maps)."""
+        return ()
+
+
+class ModelEMA:
+    """Exponential moving average of the weights (YOLOv5's ramped decay)."""
+
+    def __init__(self, model: nn.Module, decay: float, tau: float, updates: int = 0):
+        self.ema = copy.deepcopy(unwrap(model)).eval()
+        self.decay, self.tau, self.updates = decay, tau, updates
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = self.decay * (1 - math.exp(-self.updates / self.tau))
+        msd = unwrap(model).state_dict()
+        for k, v in self.ema.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
+            else:
+                v.copy_(msd[k])
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DDP) else model
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def increment_path(path: Path, exist_ok: bool) -> Path:
+    """runs/train/exp -> runs/train/exp2, exp3, ... when taken (unless exist_ok)."""
+    if exist_ok or not path.exists():
+        return path
+    n = 2
+    while Path(f"{path}{n}").exists():
+        n += 1
+    return Path(f"{path}{n}")
+
+
+def lr_lambda(hyp: Hyp, epochs: int, cos: bool):
+    """Multiplier of lr0 at an epoch: cosine or linear from 1 to hyp.lrf."""
+    if cos:
+        return lambda e: ((1 - math.cos(e * math.pi / epochs)) / 2) * (hyp.lrf - 1) + 1
+    return lambda e: (1 - e / epochs) * (1.0 - hyp.lrf) + hyp.lrf
+
+
+def build_optimizer(model: nn.Module, hyp: Hyp) -> torch.optim.Optimizer:
+    """Three groups as YOLOv5: decayed weights, undecayed norm weights, undecayed biases."""
+    decay, no_decay, biases = [], [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            if name == "bias":
+                biases.append(p)
+            elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.SyncBatchNorm)):
+                no_decay.append(p)
+            else:
+                decay.append(p)
+    if hyp.optimizer == "SGD":
+        opt = torch.optim.SGD(biases, lr=hyp.lr0, momentum=hyp.momentum, nesterov=True)
+    else:
+        cls = torch.optim.AdamW if hyp.optimizer == "AdamW" else torch.optim.Adam
+        opt = cls(biases, lr=hyp.lr0, betas=(hyp.momentum, 0.999))
+    opt.add_param_group({"params": decay, "weight_decay": hyp.weight_decay})
+    opt.add_param_group({"params": no_decay, "weight_decay": 0.0})
+    return opt
+
+
+def amp_dtype(mode: str, device: torch.device):
+    """Autocast dtype for ``--amp`` (None = full precision).
+
+    ``auto`` is fp16 on CUDA and full precision on CPU: on a CPU without AVX-512 BF16 (this
+    project's 2-core AMD EPYC reports AVX2 only) bf16 convolutions fall back to a slow kernel,
+    measured 10x slower than fp32 for ResNet-18 training; ``--amp bf16`` opts in where it helps.
+    """
+    if mode == "off":
+        return None
+    if mode == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}[mode]
+
+
+def resume_options(opt: TrainOptions, ckpt: dict) -> TrainOptions:
+    """The options of the interrupted run, with this invocation's resume path, device and workers."""
+    saved = dict(ckpt.get("opt") or {})
+    if not saved:
+        raise ValueError(f"{opt.resume}: not a training checkpoint (no saved options); use --weights")
+    if int(ckpt["epoch"]) + 1 >= int(saved["epochs"]):
+        raise ValueError(f"{opt.resume}: training already finished ({saved['epochs']} epochs)")
+    saved.update(resume=opt.resume, device=opt.device, workers=opt.workers)
+    return TrainOptions(**saved)
+
+
+def run_training(task_cls: type[Task], opt: TrainOptions) -> Path:
+    """Resolve ``--resume`` (the interrupted run's options and hyps), build the task, train."""
+    ckpt = None
+    if opt.resume:
+        ckpt = load_checkpoint(opt.resume)
+        opt = resume_options(opt, ckpt)
+        hyp = from_dict(Hyp, ckpt["hyp"], f"{opt.resume}: hyp")
+    else:
+        hyp = load_config(Hyp, opt.hyp)
+    return Trainer(task_cls(opt, hyp), opt, ckpt).train()
+
+
+def rng_state() -> dict:
+    """RNG states as tensors/plain values (weights_only-loadable)."""
+    state = {"torch": torch.get_rng_state(),
+             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+             "python": torch.tensor(random.getstate()[1], dtype=torch.int64)}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def resize_batch(batch: dict, size: int, map_keys: tuple[str, ...]) -> dict:
+    """Multi-scale training: resize a square batch to ``size`` pixels.
+
+    Images and the task's continuous maps (``map_keys``) are resized bilinearly, label maps and
+    masks with nearest neighbour, and target boxes are scaled.
+    """
+    old = batch["img"].shape[-1]
+    if size == old:
+        return batch
+    s = size / old
+    out = dict(batch)
+    out["img"] = F.interpolate(batch["img"], size=(size, size), mode="bilinear", align_corners=False)
+    for key, value in batch.items():
+        if key == "img" or not torch.is_tensor(value) or value.dim() != 3 or value.shape[-1] != old:
+            continue
+        mode = "bilinear" if key in map_keys else "nearest"
+        resized = F.interpolate(value[:, None].float(), size=(size, size), mode=mode,
+                                **({"align_corners": False} if mode == "bilinear" else {}))
+        out[key] = resized[:, 0].to(value.dtype)
+    if "targets" in batch and len(batch["targets"]):
+        t = batch["targets"].clone()
+        t[:, 1:5] *= s
+        out["targets"] = t
+    return out
+
+
+class Trainer:
+    """Runs a :class:`Task`: ``Trainer(task, opt).train()`` returns the path of best.pt."""
+
+    def __init__(self, task: Task, opt: TrainOptions, ckpt: dict | None = None):
+        self.task, self.opt, self.hyp, self.ckpt = task, opt, task.hyp, ckpt
+        self.info = du.dist_info()
+        self.device = du.select_device(opt.device, self.info)
+        du.init_distributed(self.info, self.device)
+        if opt.batch % self.info.world_size:
+            raise ValueError(f"--batch {opt.batch} is not divisible by the {self.info.world_size} ranks")
+        self.batch_per_rank = opt.batch // self.info.world_size
+        self.dtype = amp_dtype(opt.amp, self.device)
+        if not opt.resume and self.info.is_main:
+            opt.save_dir = str(increment_path(Path(opt.project) / opt.name, opt.exist_ok))
+        opt.save_dir = du.broadcast_object(opt.save_dir, self.info)
+        self.save_dir = Path(opt.save_dir)
+        self.wdir = self.save_dir / "weights"
+
+    # ---------------------------------------------------------------- set-up
+    def _setup(self, ckpt: dict | None):
+        opt, hyp, info = self.opt, self.hyp, self.info
+        seed_everything(opt.seed + max(info.rank, 0))
+        model = self.task.build_model(ckpt).to(self.device)
+        self.dataset, collate = self.task.train_dataset()
+        self.task.before_training(model, self.dataset)
+        if opt.sync_bn and info.distributed:
+            if self.device.type == "cuda":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            else:  # torch's SyncBatchNorm runs on CUDA only
+                LOGGER.warning("--sync-bn ignored on CPU: SyncBatchNorm needs CUDA")
+        self.optimizer = build_optimizer(model, hyp)
+        self.lf = lr_lambda(hyp, opt.epochs, opt.cos_lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
+        self.ema = ModelEMA(model, hyp.ema_decay, hyp.ema_tau) if info.is_main else None
+        self.start_epoch, self.best_fitness, self.best_epoch = 0, -1.0, 0
+        if ckpt is not None and opt.resume:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            if self.ema is not None and ckpt.get("ema") is not None:
+                self.ema.ema.load_state_dict(ckpt["ema"])
+                self.ema.updates = int(ckpt.get("ema_updates", 0))
+            self.start_epoch = int(ckpt["epoch"]) + 1
+            self.best_fitness = float(ckpt.get("best_fitness", -1.0))
+            self.best_epoch = int(ckpt.get("best_epoch", 0))
+        self.model = model
+        self.loss_fn = self.task.build_loss(model)
+        if info.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DDP(model, device_ids=ids, output_device=ids[0] if ids else None)
+        self.loader, self.sampler = build_dataloader(
+            self.dataset, self.batch_per_rank, opt.workers, shuffle=True, rank=info.rank,
+            world_size=info.world_size, seed=opt.seed, collate_fn=collate)
+        self.generator = self.loader.sampler.generator  # shuffle order + augmentation seeds
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16
+                                           and self.device.type == "cuda")
+
+    def _write_run_files(self):
+        self.wdir.mkdir(parents=True, exist_ok=True)
+        (self.save_dir / "opt.yaml").write_text(yaml.safe_dump(asdict(self.opt), sort_keys=False))
+        (self.save_dir / "hyp.yaml").write_text(yaml.safe_dump(to_dict(self.hyp), sort_keys=False))
+
+    # ---------------------------------------------------------------- checkpoints
+    def _checkpoint(self, epoch: int) -> dict:
+        model = unwrap(self.model)
+        ema = self.ema.ema if self.ema is not None else model
+        return {"kind": self.task.kind, "epoch": epoch, "best_fitness": self.best_fitness,
+                "best_epoch": self.best_epoch,
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "ema": {k: v.detach().cpu() for k, v in ema.state_dict().items()},
+                "ema_updates": self.ema.updates if self.ema is not None else 0,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "model_config": self.task.model_config(model), "hyp": to_dict(self.hyp),
+                "opt": asdict(self.opt), "rng": rng_state()}
+
+    def _save(self, epoch: int, improved: bool) -> None:
+        ckpt = self._checkpoint(epoch)
+        for name in ("model", "ema"):
+            if not all(torch.isfinite(v).all() for v in ckpt[name].values() if v.is_floating_point()):
+                raise TrainingDiverged(f"epoch {epoch}: non-finite weights; {self.wdir} left untouched")
+        save_checkpoint_atomic(ckpt, self.wdir / "last.pt")
+        if improved:
+            save_checkpoint_atomic(ckpt, self.wdir / "best.pt")
+        if self.opt.save_period > 0 and (epoch + 1) % self.opt.save_period == 0:
+            save_checkpoint_atomic(ckpt, self.wdir / f"epoch{epoch}.pt")
+
+    # ---------------------------------------------------------------- loop
+    def _seed_epoch(self, epoch: int) -> None:
+        """All randomness of an epoch depends on (seed, epoch, rank) only: the key to exact resume."""
+        seed_everything(self.opt.seed + 1000 * epoch + max(self.info.rank, 0))
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+        if self.generator is not None:
+            self.generator.manual_seed(self.opt.seed + 1000 * epoch + max(self.info.rank, 0))
+
+    def _warmup(self, ni: int, nw: int, epoch: int) -> None:
+        hyp = self.hyp
+        for j, group in enumerate(self.optimizer.param_groups):
+            start = hyp.warmup_bias_lr if j == 0 else 0.0
+            group["lr"] = np.interp(ni, [0, nw], [start, group["initial_lr"] * self.lf(epoch)])
+            if "momentum" in group:
+                group["momentum"] = np.interp(ni, [0, nw], [hyp.warmup_momentum, hyp.momentum])
+
+    def _multiscale(self, batch: dict) -> dict:
+        if self.hyp.multiscale <= 0:
+            return batch
+        m = self.hyp.multiscale
+        lo, hi = self.opt.img * (1 - m), self.opt.img * (1 + m)
+        size = max(GRID, int(random.uniform(lo, hi) // GRID * GRID))
+        return resize_batch(batch, size, self.task.batch_size_keys())
+
+    def _to_device(self, batch: dict) -> dict:
+        nb = self.device.type == "cuda"
+        out = {k: (v.to(self.device, non_blocking=nb) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        out["img"] = out["img"].float() / 255.0
+        return out
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int, i: int) -> None:
+        bad = torch.tensor(0.0 if torch.isfinite(loss).all() else 1.0, device=self.device)
+        if self.info.distributed:
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        if bad.item() > 0:
+            raise TrainingDiverged(
+                f"loss is NaN/inf at epoch {epoch}, batch {i}; stopping. The last good checkpoint in "
+                f"{self.wdir} is untouched: lower lr0 in the hyp file or check the data, then --resume.")
+
+    def _train_epoch(self, epoch: int, nw: int) -> dict:
+        self.model.train()
+        self._seed_epoch(epoch)
+        nb = len(self.loader)
+        sums: dict[str, float] = {}
+        bar = tqdm(self.loader, total=nb, desc=f"epoch {epoch + 1}/{self.opt.epochs}",
+                   disable=not self.info.is_main, dynamic_ncols=True, leave=False)
+        for i, batch in enumerate(bar):
+            ni = i + nb * epoch
+            if ni <= nw:
+                self._warmup(ni, nw, epoch)
+            batch = self._multiscale(self._to_device(batch))
+            with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
+                                enabled=self.dtype is not None):
+                outputs = self.model(batch["img"])
+            loss, items = self.loss_fn(outputs, batch)
+            self._check_finite(loss, epoch, i)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=self.hyp.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update(self.model)
+            for k, v in items.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            bar.set_postfix({k: f"{v / (i + 1):.4f}" for k, v in sums.items()})
+        return {f"train/{k}": v / max(nb, 1) for k, v in sums.items()}
+
+    def train(self) -> Path:
+        opt, info = self.opt, self.info
+        ckpt = self.ckpt
+        self._setup(ckpt)
+        if info.is_main:
+            self._write_run_files()
+        nb = len(self.loader)
+        nw = max(round(self.hyp.warmup_epochs * nb), MIN_WARMUP_ITERS) if self.hyp.warmup_epochs > 0 else -1
+        stopper = EarlyStopping(opt.patience)
+        LOGGER.info("training %s for %d epochs from epoch %d on %s, %d rank(s), batch %d per rank, "
+                    "results in %s", self.task.kind, opt.epochs, self.start_epoch + 1, self.device,
+                    info.world_size, self.batch_per_rank, self.save_dir)
+        for epoch in range(self.start_epoch, opt.epochs):
+            t0 = time.time()
+            row = {"epoch": epoch, **self._train_epoch(epoch, nw)}
+            row["lr"] = self.optimizer.param_groups[1]["lr"]
+            self.scheduler.step()
+            stop = False
+            if info.is_main:
+                last = epoch + 1 == opt.epochs
+                metrics = {}
+                if (epoch + 1) % max(opt.val_period, 1) == 0 or last:
+                    metrics = self.task.validate(self.ema.ema, self.device)
+                fitness = metrics.get("fitness", -1.0)
+                improved = bool(metrics) and fitness > self.best_fitness
+                if improved:
+                    self.best_fitness, self.best_epoch = fitness, epoch
+                row.update({f"val/{k}": v for k, v in metrics.items()})
+                row["seconds"] = round(time.time() - t0, 2)
+                self._log_row(row)  # before the checkpoint: a kill in between re-runs this epoch
+                self._save(epoch, improved)
+                stop = stopper(epoch, self.best_epoch)
+            stop = du.broadcast_object(stop, info)
+            if stop:
+                break
+        du.barrier(info)
+        du.cleanup(info)
+        best = self.wdir / "best.pt"
+        return best if best.exists() else self.wdir / "last.pt"
+
+    def _log_row(self, row: dict) -> None:
+        path = self.save_dir / "results.csv"
+        rows = []
+        if path.exists():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < row["epoch"]]
+        rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+        LOGGER.info("epoch %d: %s", row["epoch"] + 1,
+                    ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))
+        plot_results(path)
+
+
+@dataclass
+class EarlyStopping:
+    """Stop after ``patience`` epochs without a better fitness (0 = never)."""
+
+    patience: int
+
+    def __call__(self, epoch: int, best_epoch: int) -> bool:
+        if self.patience <= 0:
+            return False
+        if epoch - best_epoch >= self.patience:
+            LOGGER.info("early stop: no improvement for %d epochs (best epoch %d)", self.patience,
+                        best_epoch + 1)
+            return True
+        return False

@@ -1,0 +1,125 @@
+"""Training tasks: what train_main.py / train_weakly.py / train_omnipose.py hand to the engine.
+
+A task says which model, loss and data a run uses and how it is validated; everything else
+(loop, DDP, EMA, AMP, checkpoints) is the engine's.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from abc import abstractmethod
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from models.awf import AWF
+from models.loading import model_from_weights
+from utils.autoanchor import check_anchors
+from utils.config import from_dict, load_data_config
+from utils.dataset import CellDataset, DatasetCache, collate_fn, dataset_boxes, resolve_split
+from utils.engine import Task, TrainOptions
+from utils.inference import AWFSegmenter
+from utils.io import InputError
+from utils.loss import AWFLoss, AWFLossGains
+from utils.metrics import match_instances
+
+LOGGER = logging.getLogger(__name__)
+
+# Label/box caches of training runs (the dataset folders may be read-only).
+CACHE_DIR = Path("runs/cache")
+
+
+def summarize_validation(rows: list[dict]) -> dict:
+    """Per-image rows (f1, precision, recall, modality) -> mean metrics overall and per modality.
+
+    The challenge ranks by the mean F1 over images; ``fitness`` is that mean.
+    """
+    if not rows:
+        return {"precision": 0.0, "recall": 0.0, "f1": 0.0, "fitness": 0.0}
+    out = {k: float(np.mean([r[k] for r in rows])) for k in ("precision", "recall", "f1")}
+    for mod in sorted({r["modality"] for r in rows}):
+        out[f"f1_{mod}"] = float(np.mean([r["f1"] for r in rows if r["modality"] == mod]))
+    out["fitness"] = out["f1"]
+    return out
+
+
+class SegmentationTask(Task):
+    """Shared data handling of the AWF and Omnipose tasks (labelled NeurIPS-layout data)."""
+
+    def __init__(self, opt: TrainOptions, hyp):
+        super().__init__(opt, hyp)
+        self.data = load_data_config(opt.data)
+        self.train_samples = self.training_samples()
+        self.val_samples = resolve_split(self.data, "val") if self.data.val else []
+        self.cache = DatasetCache(self.train_samples + self.val_samples, CACHE_DIR,
+                                  cache_images=opt.cache_images)
+
+    def training_samples(self):
+        return resolve_split(self.data, "train")
+
+    def target_fn(self):
+        """Dense targets of a label map (None = the dataset's default: fg + height)."""
+        return None
+
+    def train_dataset(self):
+        kwargs = {"target_fn": self.target_fn()} if self.target_fn() is not None else {}
+        ds = CellDataset(self.train_samples, self.opt.img, self.hyp, augment=True, cache=self.cache,
+                         **kwargs)
+        return ds, collate_fn
+
+    @abstractmethod
+    def segmenter(self, model: nn.Module, device: torch.device):
+        """The prediction pipeline of this task's model (``.segment(image) -> (label, info)``)."""
+
+    def validate(self, model: nn.Module, device: torch.device) -> dict:
+        """Segment every validation image whole (the prediction pipeline) and score it with the
+        challenge metric; returns mean precision/recall/F1 overall and F1 per modality."""
+        if not self.val_samples:
+            return {}
+        seg = self.segmenter(model, device)
+        rows, t0 = [], time.time()
+        for s in self.val_samples:
+            try:
+                image, gt = self.cache.image(s), self.cache.label(s)
+            except InputError as exc:
+                LOGGER.warning("validation skips %s", exc)
+                continue
+            pred, _ = seg.segment(image)
+            r = match_instances(gt, pred, threshold=0.5)
+            rows.append({"f1": r.f1, "precision": r.precision, "recall": r.recall,
+                         "modality": s.modality or "unknown"})
+        out = summarize_validation(rows)
+        out["seconds"] = time.time() - t0
+        return out
+
+
+class AWFTask(SegmentationTask):
+    """Anchor-based Watershed Framework: detection + watershed branch."""
+
+    kind = "awf"
+
+    def build_model(self, ckpt: dict | None) -> nn.Module:
+        if ckpt is not None:  # resume: the run's own model and anchors
+            model = AWF.from_config(ckpt["model_config"])
+            model.load_state_dict(ckpt["model"])
+            return model
+        return model_from_weights("awf", self.opt.weights)
+
+    def build_loss(self, model: nn.Module):
+        gains = from_dict(AWFLossGains, self.hyp.loss, f"{self.opt.hyp}: loss")
+        return AWFLoss(model, gains)
+
+    def before_training(self, model: nn.Module, dataset) -> None:
+        if self.opt.resume:
+            return  # the run's anchors are in its checkpoint
+        thr = from_dict(AWFLossGains, self.hyp.loss, "loss").anchor_t
+        check_anchors(model, dataset_boxes(self.train_samples, self.cache), thr=thr,
+                      noautoanchor=self.opt.noautoanchor)
+
+    def batch_size_keys(self) -> tuple[str, ...]:
+        return ("height",)
+
+    def segmenter(self, model: nn.Module, device: torch.device):
+        return AWFSegmenter(model, device)
