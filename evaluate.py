@@ -1,0 +1,104 @@
+"""Predict every image of a labelled NeurIPS-layout folder and score it with the challenge metric.
+
+    python evaluate.py -i LABELED_DIR -o evaluate_detail.csv --ckpt best.pt
+    python evaluate.py -i ../shared/data/dsb2018 --list data/splits/dsb2018_val.txt --ckpt best.pt
+
+LABELED_DIR holds images/ and labels/NAME_label.tiff. Writes a per-image CSV (the challenge
+columns plus modality, branch and seconds) and prints mean and median F1 overall and per modality.
+Prediction is predict.py's code, scoring is compute_metric.py's.
+"""
+import argparse
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from utils.cli import add_prediction_args, router_from_args, setup_logging
+from utils.dist import select_device
+from utils.io import InputError, atomic_write, label_path_for, list_images, read_label
+from utils.metrics import RESULT_COLUMNS, match_instances, results_to_frame
+from utils.runner import predict_files, report_failures
+
+LOGGER = logging.getLogger("evaluate")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-i", "--input", required=True, help="folder with images/ and labels/")
+    p.add_argument("-o", "--output", default="evaluate_detail.csv", help="per-image CSV")
+    p.add_argument("--list", default=None,
+                   help="optional split file of image paths (relative to the input's parent)")
+    p.add_argument("--save-dir", default=None, help="keep the predicted labels here")
+    p.add_argument("--threshold", type=float, default=0.5, help="IoU threshold of a match")
+    add_prediction_args(p)
+    return p.parse_args(argv)
+
+
+def image_files(root: Path, split: str | None) -> list[Path]:
+    """The images to evaluate: all of root/images, or those a split file names."""
+    if split is None:
+        return list_images(root / "images")
+    base = root.parent
+    lines = [ln.strip() for ln in Path(split).read_text().splitlines() if ln.strip()]
+    files = [base / ln for ln in lines if (base / ln).parent.parent.resolve() == root.resolve()]
+    if not files:
+        raise InputError(split, f"lists no image under {root}")
+    return files
+
+
+def score(files, labels: dict, records) -> tuple[pd.DataFrame, list[str]]:
+    """Challenge metric of every predicted image against labels/NAME_label.tiff."""
+    by_name = {r.name: r for r in records}
+    names, results, extra, failures = [], [], [], []
+    for path in files:
+        if path.stem not in labels:
+            continue
+        try:
+            gt = read_label(label_path_for(path, path.parent.parent / "labels"),
+                            shape=labels[path.stem].shape)
+        except InputError as exc:
+            failures.append(str(exc))
+            continue
+        names.append(path.stem + "_label.tiff")
+        results.append(match_instances(gt, labels[path.stem]))
+        rec = by_name[path.stem]
+        extra.append({"modality": rec.modality, "branch": rec.branch, "seconds": rec.seconds})
+    frame = results_to_frame(names, results)
+    return pd.concat([frame, pd.DataFrame(extra)], axis=1), failures
+
+
+def print_summary(frame: pd.DataFrame) -> None:
+    print(f"{'group':<8}{'n':>5}{'mean F1':>10}{'median F1':>11}")
+    groups = [("all", frame)] + [(m, g) for m, g in frame.groupby("modality")]
+    for name, g in groups:
+        print(f"{name:<8}{len(g):>5}{g['F1'].mean():>10.4f}{g['F1'].median():>11.4f}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    root = Path(args.input)
+    try:
+        files = image_files(root, args.list)
+    except InputError as exc:
+        LOGGER.error("%s", exc)
+        return 2
+    router = router_from_args(args, select_device(args.device))
+    with tempfile.TemporaryDirectory() as tmp:
+        summary, labels = predict_files(files, router, args.save_dir or tmp, keep_labels=True)
+    frame, failures = score(files, labels, summary.records)
+    summary.failures += failures
+    with atomic_write(args.output) as tmp_csv:
+        frame.to_csv(tmp_csv, index=False)
+    if len(frame):
+        print_summary(frame)
+    LOGGER.info("per-image results in %s (columns: %s, modality, branch, seconds)", args.output,
+                ", ".join(RESULT_COLUMNS))
+    return report_failures(summary)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""predict.py and evaluate.py end to end: outputs, failures, routing, and metric parity."""
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from utils.checkpoint import save_checkpoint_atomic
+from utils.io import read_image, read_label
+from utils.routing import OmniRule, RoutingConfig, Router, load_routing
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def trained_ckpt(tmp_path_factory, synthetic_data):
+    """A few steps of train_main.py on synthetic data (the weights only need to run)."""
+    from tests.conftest import _run_script
+    out = tmp_path_factory.mktemp("train")
+    _run_script(["train_main.py", "--data", synthetic_data, "--hyp", "data/hyps/hyp.labeled.yaml",
+                 "--img", "64", "--batch", "2", "--epochs", "1", "--workers", "0", "--device", "cpu",
+                 "--project", out, "--name", "t"])
+    return out / "t" / "weights" / "last.pt"
+
+
+def _images(synthetic_data) -> Path:
+    return synthetic_data.parent / "set"
+
+
+def test_predict_writes_labels_and_reports_bad_files(tmp_path, trained_ckpt, synthetic_data, run_script):
+    inp = tmp_path / "in"
+    shutil.copytree(_images(synthetic_data) / "images", inp)
+    (inp / "corrupt.tif").write_bytes(b"II*\x00garbage")
+    proc = run_script(["predict.py", "-i", inp, "-o", tmp_path / "out", "--ckpt", trained_ckpt,
+                       "--device", "cpu", "--save-overlay", "--conf-thres", "0.001"], check=False)
+    assert proc.returncode == 1  # one failure, the rest done
+    assert "corrupt.tif" in proc.stderr
+    for img in sorted(inp.glob("synth_*")):
+        label = read_label(tmp_path / "out" / f"{img.stem}_label.tiff")
+        assert label.shape == read_image(img).shape[:2]
+        assert (tmp_path / "out" / f"{img.stem}_overlay.png").is_file()
+    assert not list((tmp_path / "out").glob(".*tmp*"))  # nothing half-written left
+    records = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    assert set(records["modality"]) == {"bf", "fl", "gs"}
+
+
+def test_evaluate_f1_equals_compute_metric(tmp_path, trained_ckpt, synthetic_data, run_script):
+    root = _images(synthetic_data)
+    run_script(["evaluate.py", "-i", root, "-o", tmp_path / "detail.csv", "--ckpt", trained_ckpt,
+                "--device", "cpu", "--save-dir", tmp_path / "pred", "--conf-thres", "0.001"])
+    ev = pd.read_csv(tmp_path / "detail.csv").sort_values("names").reset_index(drop=True)
+    assert {"modality", "seconds", "F1", "correct_num(TP)"} <= set(ev.columns)
+    run_script(["compute_metric.py", "-g", root / "labels", "-s", tmp_path / "pred", "--gt_suffix",
+                "_label.tiff", "-o", tmp_path, "-n", "cm"])
+    cm = pd.read_csv(tmp_path / "cm-0.5.csv").sort_values("names").reset_index(drop=True)
+    cols = ["names", "true_num", "pred_num", "correct_num(TP)", "missed_num(FN)", "wrong_num(FP)",
+            "precision", "recall", "F1"]
+    pd.testing.assert_frame_equal(ev[cols], cm[cols], check_dtype=False)
+
+
+def _save_awf(path):
+    from models.awf import AWF, AWFConfig
+    model = AWF(AWFConfig())
+    save_checkpoint_atomic({"kind": "awf", "model": model.state_dict(),
+                            "model_config": model.config_dict()}, path)
+
+
+def test_router_falls_back_to_general_and_loads_once(tmp_path, caplog):
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    _save_awf(ckpts / "general.pt")
+    router = Router(RoutingConfig(ckpt_dir="ckpts"), torch.device("cpu"), base_dir=tmp_path)
+    assert router.branch_path("bf") == ckpts / "general.pt"
+    with caplog.at_level("WARNING"):
+        assert router.branch_path("fl") == ckpts / "general.pt"
+        assert router.branch_path("fl") == ckpts / "general.pt"
+    assert sum("fl.pt missing" in r.message for r in caplog.records) == 1  # warned once
+    assert router.branch_path("omni") is None
+    raw = np.full((64, 64, 1), 5, np.uint8)  # fluorescence: dark background, bright nuclei
+    raw[10:20, 10:20] = raw[40:52, 30:44] = 200
+    image = np.repeat(raw, 3, axis=2)
+    for _ in range(2):
+        label, info = router.segment(raw, image)
+        assert label.shape == (64, 64) and info["modality"] == "fl" and info["branch"] == "general"
+    assert len(router._models) == 1  # the general model loaded once for both calls
+    assert router.params("bf").conf_thres == 0.10 and router.params("fl").iou_thres == 0.35
+
+
+def test_routing_yaml_and_omni_rule():
+    cfg = load_routing(REPO / "data" / "routing.yaml")
+    assert cfg.model_dict["gs"] == "grayscale.pt" and cfg.settings["gs"].conf_thres == 0.20
+    rule = OmniRule()
+    assert rule.prefer_omnipose(awf_conf=0.7, omni_conf=0.1)      # AWF unsure
+    assert rule.prefer_omnipose(awf_conf=0.85, omni_conf=0.91)    # Omnipose clearly surer
+    assert not rule.prefer_omnipose(awf_conf=0.85, omni_conf=0.88)
