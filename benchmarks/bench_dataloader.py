@@ -1,7 +1,7 @@
 """Training data loader throughput (images/s) of CellDataset with augmentation.
 
-    .venv/bin/python benchmarks/bench_dataloader.py        # dsb2018 if present, else synthetic
-    .venv/bin/python benchmarks/bench_dataloader.py --data synthetic --sizes 256 512 --workers 0 2
+    python -m benchmarks.bench_dataloader        # dsb2018 if present, else synthetic
+    python -m benchmarks.bench_dataloader --data synthetic --sizes 256 512 --workers 0 2
 
 Measures whole batches through the DataLoader (mosaic, affine, flips, intensity jitter, boxes,
 fg + height targets, collate), after one warm-up batch (worker start-up is not counted).
@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.config import DataConfig, Hyp  # noqa: E402
-from utils.dataset import CellDataset, DatasetCache, build_dataloader, resolve_split  # noqa: E402
+from utils.config import DataConfig, Hyp
+from utils.dataset import CellDataset, DatasetCache, build_dataloader, resolve_split
 
 LOGGER = logging.getLogger("bench_dataloader")
 

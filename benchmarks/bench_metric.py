@@ -5,7 +5,7 @@ eroded by 1 px, 10% of the cells dropped, 10% split in two). Loading and perturb
 The slow literal reference of tests/test_metrics.py is timed on a subset for the speed-up ratio,
 and its numbers are checked against the fast ones.
 
-    .venv/bin/python benchmarks/bench_metric.py [DATA_DIR] [--limit N] [--ref-images N]
+    python -m benchmarks.bench_metric [DATA_DIR] [--limit N] [--ref-images N]
 """
 from __future__ import annotations
 
@@ -20,10 +20,9 @@ import numpy as np
 from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from utils.io import InputError, read_label  # noqa: E402
-from utils.metrics import evaluate_pair  # noqa: E402
+from utils.io import InputError, read_label
+from utils.metrics import evaluate_pair
 
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "dsb2018"
 

@@ -1,20 +1,17 @@
 """Timing of utils.modality.classify_modality on 1024x1024 images (median of repeated calls).
 
-Run: .venv/bin/python benchmarks/bench_modality.py [--repeats 200]
+Run: python -m benchmarks.bench_modality [--repeats 200]
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.modality import classify_modality  # noqa: E402
-from utils.synthetic import make_sample  # noqa: E402
+from utils.modality import classify_modality
+from utils.synthetic import make_sample
 
 
 def median_ms(img: np.ndarray, repeats: int) -> float:

@@ -1,8 +1,8 @@
 """AWF speed on this machine: inference latency and training throughput, with a per-part breakdown.
 
-    python benchmarks/bench_model.py                      # full run (a few minutes on 2 CPU cores)
-    python benchmarks/bench_model.py --quick              # small sizes, one repeat
-    python benchmarks/bench_model.py --neck 96 --decoder 48 24
+    python -m benchmarks.bench_model                      # full run (a few minutes on 2 CPU cores)
+    python -m benchmarks.bench_model --quick              # small sizes, one repeat
+    python -m benchmarks.bench_model --neck 96 --decoder 48 24
 
 Reports: forward ms (batch 1) at each ``--infer`` size in fp32 and under bf16 autocast (CPU) /
 fp16 (CUDA); training step img/s (forward + loss + backward + SGD step) at each ``--train`` size
@@ -14,16 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.awf import AWF, AWFConfig  # noqa: E402
-from utils.loss import AWFLoss  # noqa: E402
+from models.awf import AWF, AWFConfig
+from utils.loss import AWFLoss
 
 
 def native_bf16() -> bool:

@@ -1,7 +1,7 @@
 """Timing of the AWF post-processing and of chunked whole-slide segmentation (CPU).
 
-    .venv/bin/python benchmarks/bench_postprocess.py            # < 2 min on 2 cores
-    .venv/bin/python benchmarks/bench_postprocess.py --slide 4000 --repeats 3   # quicker
+    python -m benchmarks.bench_postprocess            # < 2 min on 2 cores
+    python -m benchmarks.bench_postprocess --slide 4000 --repeats 3   # quicker
 
 1. ``postprocess`` on realistic network outputs (blurred foreground probability, noisy height
    map, jittered boxes with duplicates, after NMS as in the pipeline): median ms for 512 x 512
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import time
 from pathlib import Path
 
@@ -22,12 +21,11 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.test_watershed import ideal_outputs, matched_fraction, synthetic_cells  # noqa: E402
-from utils.nms import merge_detections  # noqa: E402
-from utils.tiling import segment_chunked  # noqa: E402
-from utils.watershed import postprocess  # noqa: E402
+from tests.test_watershed import ideal_outputs, matched_fraction, synthetic_cells
+from utils.nms import merge_detections
+from utils.tiling import segment_chunked
+from utils.watershed import postprocess
 
 
 def realistic_outputs(shape, n_cells, seed=0):

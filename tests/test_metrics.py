@@ -18,10 +18,8 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from utils.metrics import (RESULT_COLUMNS, MatchResult, dice_score, evaluate_pair,  # noqa: E402
+from utils.metrics import (RESULT_COLUMNS, MatchResult, dice_score, evaluate_pair,
                            match_instances, remove_boundary_cells, results_to_frame, sparse_iou,
                            summarize)
 

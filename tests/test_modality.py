@@ -1,16 +1,14 @@
 """utils.modality: synthetic images of every modality, input forms, agreement on real data."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.modality import classify_modality, modality_agreement  # noqa: E402
-from utils.synthetic import make_sample, write_dataset  # noqa: E402
+from utils.modality import classify_modality, modality_agreement
+from utils.synthetic import make_sample, write_dataset
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data"
 # Agreement measured when the rule was tuned (see utils/modality.py): dsb2018 460/460 and

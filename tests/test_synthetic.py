@@ -2,19 +2,16 @@
 from __future__ import annotations
 
 import csv
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import ndimage
 from skimage.measure import regionprops
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils import synthetic  # noqa: E402
-from utils.io import list_images, read_image, read_label  # noqa: E402
-from utils.synthetic import make_label, make_sample, write_dataset  # noqa: E402
+from utils import synthetic
+from utils.io import list_images, read_image, read_label
+from utils.synthetic import make_label, make_sample, write_dataset
 
 CASES = [("fl", {}), ("fl", {"channels": 3}), ("fl", {"dtype": "uint16"}), ("bf", {}),
          ("gs", {}), ("gs", {"dtype": "uint16"}), ("dic", {})]
