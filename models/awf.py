@@ -127,19 +127,20 @@ class PAN(nn.Module):
 
 
 class WatershedDecoder(nn.Module):
-    """P3 (stride 8) + C2 (stride 4) + C1 (stride 2) -> ``(B, 2, H, W)`` [foreground logit, height].
+    """P3 (stride 8) + C2 (stride 4) + C1 (stride 2) -> ``(B, out_ch, H, W)`` (AWF: [foreground
+    logit, height]; Omnipose: [flow y, flow x, distance, boundary logit]).
 
     Features are reduced with 1x1 convs before each nearest x2 upsampling and added to a 1x1
     lateral of the skip feature, then mixed by one 3x3 conv; the 2-channel output at stride 2 is
     upsampled bilinearly to full resolution (a stride-1 stage would double the decoder's cost).
     """
 
-    def __init__(self, p3_ch: int, c2_ch: int, c1_ch: int, ch: tuple[int, int]):
+    def __init__(self, p3_ch: int, c2_ch: int, c1_ch: int, ch: tuple[int, int], out_ch: int = 2):
         super().__init__()
         d4, d2 = ch
         self.reduce8, self.lat4, self.fuse4 = ConvBNAct(p3_ch, d4), ConvBNAct(c2_ch, d4), ConvBNAct(d4, d4, 3)
         self.reduce4, self.lat2, self.fuse2 = ConvBNAct(d4, d2), ConvBNAct(c1_ch, d2), ConvBNAct(d2, d2, 3)
-        self.out = nn.Conv2d(d2, 2, 1)
+        self.out = nn.Conv2d(d2, out_ch, 1)
 
     def forward(self, p3: torch.Tensor, c2: torch.Tensor, c1: torch.Tensor) -> torch.Tensor:
         x = self.fuse4(_up2(self.reduce8(p3)) + self.lat4(c2))
@@ -162,6 +163,8 @@ class AWF(nn.Module):
     fg=(B, 1, H, W) logits, height=(B, 1, H, W) linear)``. ``anchors`` is a ``(nl, na, 2)``
     buffer in pixels (in every state dict; autoanchor replaces it with :meth:`set_anchors`).
     """
+
+    kind = "awf"
 
     def __init__(self, cfg: AWFConfig | None = None):
         super().__init__()

@@ -42,8 +42,9 @@ def load_model(path, kind: str | None = None) -> nn.Module:
     return model.eval()
 
 
-def model_from_weights(kind: str, weights: str = "", config: dict | None = None) -> nn.Module:
-    """A model of ``kind`` for training, initialised from ``--weights``.
+def model_from_weights(kind: str, weights: str = "", config: dict | None = None) -> tuple[nn.Module, str]:
+    """``(model, source)``: a model of ``kind`` for training, initialised from ``--weights``;
+    ``source`` is the kind of the weights file ('' for random init, 'resnet18', 'awf', ...).
 
     ``weights`` may be empty (random init), a ResNet-18 (``resnet18.pt`` or torchvision's file:
     backbone only), or a checkpoint of this project: of the same kind, the model is rebuilt with
@@ -52,7 +53,7 @@ def model_from_weights(kind: str, weights: str = "", config: dict | None = None)
     Missing and unexpected keys are logged.
     """
     if not weights:
-        return build_model(kind, config)
+        return build_model(kind, config), ""
     ckpt = load_checkpoint(weights)
     found = checkpoint_kind(ckpt)
     if found == "resnet18":
@@ -61,7 +62,7 @@ def model_from_weights(kind: str, weights: str = "", config: dict | None = None)
         missing, unexpected = load_backbone_weights(model.backbone, ckpt.get("model", ckpt))
         LOGGER.info("%s: ResNet-18 backbone loaded (%d missing, %d unexpected keys)", weights,
                     len(missing), len(unexpected))
-        return model
+        return model, found
     model = build_model(kind, ckpt.get("model_config") if found == kind else config)
     state, own = model_state(ckpt), model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
@@ -74,4 +75,4 @@ def model_from_weights(kind: str, weights: str = "", config: dict | None = None)
     if unexpected:
         LOGGER.warning("%s: %d unexpected or mismatched keys, e.g. %s", weights, len(unexpected),
                        ", ".join(unexpected[:5]))
-    return model
+    return model, found

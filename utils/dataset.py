@@ -41,6 +41,7 @@ SPLITS = ("train", "val", "unlabeled", "pseudo")
 MODALITIES = ("bf", "fl", "gs")
 META_FILE = "meta.csv"                # name,modality[,...] per image, in a dataset folder or root
 CONFIDENCE_FILE = "confidence.csv"    # name,confidence per image, in a pseudo-label folder
+CONFIDENCE_GLOB = "confidence*.csv"   # in labels/: predict.py's file (confidence_rankN.csv per rank)
 IGNORE_SUFFIX = "_ignore.png"         # labels/NAME_ignore.png: nonzero = pixel not in the loss
 MODALITY_CACHE_FILE = "modalities.json"
 # File names quoted in a warning about unpaired / unusable files (the count is always given).
@@ -182,11 +183,47 @@ class _SideFiles:
         return self.metas[folder].get(image.stem, self.root_meta.get(image.stem))
 
     def confidence(self, image: Path) -> float:
+        """From the dataset folder's confidence.csv, else labels/confidence.csv (written by
+        ``predict.py -o FOLDER/labels --pseudo``; under torchrun confidence_rankN.csv)."""
         folder = _dataset_folder(image)
         if folder not in self.confs:
-            f = folder / CONFIDENCE_FILE
-            self.confs[folder] = read_confidence(f) if f.is_file() else {}
+            self.confs[folder] = {}
+            for f in [folder / CONFIDENCE_FILE, *sorted((folder / "labels").glob(CONFIDENCE_GLOB))]:
+                if f.is_file():
+                    self.confs[folder] = {**read_confidence(f), **self.confs[folder]}
         return self.confs[folder].get(image.stem, 1.0)
+
+
+def _pseudo_csv_pairs(cfg: DataConfig, entry: str) -> list[tuple[Path, Path, float]]:
+    """``(image, label, confidence)`` of a pseudo entry naming a predict.py --pseudo CSV.
+
+    The CSV (relative to the YAML's folder, like split files) has the columns name, image
+    (absolute or relative to the CSV's folder) and confidence; labels (and ignore masks) lie
+    beside it as NAME_label.tiff (NAME_ignore.png).
+    """
+    path = Path(entry).expanduser()
+    path = path if path.is_absolute() else Path(cfg.yaml_dir) / path
+    if not path.is_file():
+        raise uio.InputError(path, "pseudo-label CSV not found (run predict.py --pseudo first)")
+    images, confs = _read_csv_column(path, "image"), read_confidence(path)
+    out = []
+    for name, rel in images.items():
+        if not rel:
+            raise uio.InputError(path, f"row {name}: empty image path")
+        image = Path(rel).expanduser()
+        image = image if image.is_absolute() else path.parent / image
+        out.append((image, uio.label_path_for(image, path.parent), confs.get(name, 1.0)))
+    return out
+
+
+def _entry_pairs(cfg: DataConfig, split: str, entry: str, side: _SideFiles):
+    """``(image, label or None, confidence)`` of one split entry."""
+    if split == "pseudo" and entry.lower().endswith(".csv"):
+        return _pseudo_csv_pairs(cfg, entry)
+    labelled = split != "unlabeled"
+    return [(image, uio.label_path_for(image, _dataset_folder(image) / "labels") if labelled else None,
+             side.confidence(image) if split == "pseudo" else 1.0)
+            for image in _entry_images(cfg, split, entry)]
 
 
 def resolve_split(cfg: DataConfig, split: str, cache_dir=None) -> list[Sample]:
@@ -196,24 +233,31 @@ def resolve_split(cfg: DataConfig, split: str, cache_dir=None) -> list[Sample]:
     image; an empty split raises :class:`utils.io.InputError`. Modalities come from meta.csv
     (``cfg.meta``, else the root's and the image folder's); with ``cfg.modality`` set, images of
     unknown modality are classified (memoised in ``cache_dir`` when given) and filtered.
+
+    A ``pseudo`` entry is a dataset folder whose labels/ holds pseudo labels (confidence.csv in
+    the folder or in labels/, NAME_ignore.png beside the labels), or the path of the
+    confidence.csv that ``predict.py --pseudo`` wrote (relative to the YAML's folder): its
+    ``image`` column names the images, wherever they are, and the labels lie beside it.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    side, labelled = _SideFiles(cfg), split != "unlabeled"
-    samples, seen, unpaired = [], set(), []
+    side = _SideFiles(cfg)
+    samples, seen, unpaired, missing = [], set(), [], []
     for entry in getattr(cfg, split):
-        for image in _entry_images(cfg, split, entry):
+        for image, label, conf in _entry_pairs(cfg, split, entry, side):
             key = str(image.resolve())
             if key in seen:
                 continue
             seen.add(key)
-            label = uio.label_path_for(image, _dataset_folder(image) / "labels") if labelled else None
             if label is not None and not label.is_file():
                 unpaired.append(image.name)
                 continue
-            conf = side.confidence(image) if split == "pseudo" else 1.0
+            if not image.is_file():
+                missing.append(str(image))  # a pseudo CSV naming a vanished image
+                continue
             samples.append(Sample(image, label, side.modality(image), conf))
     _warn_names(f"{split}: images without labels/NAME{uio.LABEL_SUFFIX} (skipped)", unpaired)
+    _warn_names(f"{split}: missing images (skipped)", missing)
     if cfg.modality is not None and samples:
         classify_samples(samples, cache_dir)
         samples = [s for s in samples if s.modality == cfg.modality]

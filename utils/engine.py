@@ -241,12 +241,13 @@ def resize_batch(batch: dict, size: int, map_keys: tuple[str, ...]) -> dict:
     out = dict(batch)
     out["img"] = F.interpolate(batch["img"], size=(size, size), mode="bilinear", align_corners=False)
     for key, value in batch.items():
-        if key == "img" or not torch.is_tensor(value) or value.dim() != 3 or value.shape[-1] != old:
+        if key == "img" or not torch.is_tensor(value) or value.dim() not in (3, 4) or value.shape[-1] != old:
             continue
         mode = "bilinear" if key in map_keys else "nearest"
-        resized = F.interpolate(value[:, None].float(), size=(size, size), mode=mode,
+        x = value[:, None] if value.dim() == 3 else value  # (B, H, W) maps and (B, C, H, W) stacks
+        resized = F.interpolate(x.float(), size=(size, size), mode=mode,
                                 **({"align_corners": False} if mode == "bilinear" else {}))
-        out[key] = resized[:, 0].to(value.dtype)
+        out[key] = (resized[:, 0] if value.dim() == 3 else resized).to(value.dtype)
     if "targets" in batch and len(batch["targets"]):
         t = batch["targets"].clone()
         t[:, 1:5] *= s

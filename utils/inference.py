@@ -125,6 +125,7 @@ class AWFSegmenter:
     # ------------------------------------------------------------------ instances
     def _segment_region(self, image: np.ndarray, stats: dict) -> np.ndarray:
         det, fg, height = self.predict_maps(image)
+        stats["fg"] = fg  # kept for info["fg"] when the image is one region (not chunked)
         sel = fg[fg > FG_CONF_THRESHOLD]
         stats["fg_sum"] += float(sel.sum())
         stats["fg_count"] += int(sel.size)
@@ -137,7 +138,10 @@ class AWFSegmenter:
 
         ``info``: ``fg_conf`` mean foreground probability over pixels above 0.5 (the Omnipose
         routing rule's input and the pseudo-label confidence), ``det_conf`` mean detection score,
-        ``n_det`` detections kept, ``n_cells`` instances.
+        ``n_det`` detections kept, ``n_cells`` instances, ``fg`` the foreground probability
+        ``(H, W) float32`` at the input resolution (pseudo-label ignore masks), or None when the
+        image was segmented in chunks (larger than ``max_full_size`` after scaling: a whole-slide
+        map would not fit in memory).
         """
         p = self.params
         h, w = image.shape[:2]
@@ -145,16 +149,78 @@ class AWFSegmenter:
         if p.scale != 1.0:
             size = (max(1, round(w * p.scale)), max(1, round(h * p.scale)))
             image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
-        if max(image.shape[:2]) <= p.max_full_size:
+        chunked = max(image.shape[:2]) > p.max_full_size
+        if not chunked:
             label = self._segment_region(image, stats)
         else:
             label = segment_chunked(image, lambda im: self._segment_region(im, stats),
                                     chunk=p.chunk, margin=p.margin, progress=True)
+        fg = None if chunked else stats["fg"]
+        if fg is not None and fg.shape != (h, w):
+            fg = cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR)
         if p.scale != 1.0:
             yi = np.minimum((np.arange(h) * p.scale).astype(np.int64), label.shape[0] - 1)
             xi = np.minimum((np.arange(w) * p.scale).astype(np.int64), label.shape[1] - 1)
             label = label[np.ix_(yi, xi)]
         info = {"fg_conf": stats["fg_sum"] / max(stats["fg_count"], 1),
                 "det_conf": stats["det_score_sum"] / max(stats["n_det"], 1),
-                "n_det": stats["n_det"], "n_cells": int(label.max(initial=0))}
+                "n_det": stats["n_det"], "n_cells": int(label.max(initial=0)), "fg": fg}
         return label, info
+
+
+@dataclass
+class OmniposeParams:
+    """Omnipose reconstruction settings (utils.flows defaults, validated on ground-truth flows)."""
+
+    flow_threshold: float = 0.4      # utils.flows.FLOW_THRESHOLD
+    min_size: int = 15               # utils.flows.MIN_SIZE
+    max_full_size: int = 2048        # larger images are chunked as for the AWF
+    chunk: int = 2048
+    margin: int = 256
+
+
+class OmniposeSegmenter:
+    """Runs an Omnipose model on network images ``(H, W, 3) uint8`` -> instance labels.
+
+    ``info['fg_conf']``: mean of sigmoid(distance) over pixels above 0.5, the Omnipose side of
+    the routing rule (the distance output is about -5 on background and grows inside cells).
+    """
+
+    def __init__(self, model: torch.nn.Module, device: torch.device | str = "cpu",
+                 params: OmniposeParams | None = None, amp: bool = False):
+        self.model = model.eval().to(device)
+        self.device = torch.device(device)
+        self.params = params or OmniposeParams()
+        self.amp = amp
+
+    @torch.no_grad()
+    def predict_maps(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Network image -> (flow (2, H, W) dy/dx, dist (H, W) pixels)."""
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float() / 255.0
+        x, (h, w) = pad_to_stride(x)
+        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        with torch.autocast(self.device.type, dtype=dtype, enabled=self.amp):
+            out = self.model(x)
+        return out["flow"][0, :, :h, :w].float().cpu().numpy(), out["dist"][0, 0, :h, :w].float().cpu().numpy()
+
+    def _segment_region(self, image: np.ndarray, stats: dict) -> np.ndarray:
+        from utils.flows import reconstruct_masks
+        flow, dist = self.predict_maps(image)
+        prob = 1.0 / (1.0 + np.exp(-dist))
+        sel = prob[prob > FG_CONF_THRESHOLD]
+        stats["fg_sum"] += float(sel.sum())
+        stats["fg_count"] += int(sel.size)
+        p = self.params
+        return reconstruct_masks(flow, dist, min_size=p.min_size, flow_threshold=p.flow_threshold,
+                                 device=self.device)
+
+    def segment(self, image: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Network image -> (label (H, W), info with fg_conf and n_cells)."""
+        p, stats = self.params, {"fg_sum": 0.0, "fg_count": 0}
+        if max(image.shape[:2]) <= p.max_full_size:
+            label = self._segment_region(image, stats)
+        else:
+            label = segment_chunked(image, lambda im: self._segment_region(im, stats),
+                                    chunk=p.chunk, margin=p.margin, progress=True)
+        return label, {"fg_conf": stats["fg_sum"] / max(stats["fg_count"], 1),
+                       "n_cells": int(label.max(initial=0))}

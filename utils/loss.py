@@ -98,6 +98,17 @@ def assign_targets(targets: torch.Tensor, grid_hw: tuple[int, int], anchors: tor
     return targets[t[k], 0].long(), a[k], cell[:, 1], cell[:, 0], tbox, anc[a[k]]
 
 
+def pixel_weights(batch: dict, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(valid (B, H, W) float {0, 1}, per-image weight (B,))`` from the batch's optional
+    ``ignore`` mask and ``weight`` (pseudo-label confidence); ``like`` is a (B, H, W) tensor."""
+    ignore = batch.get("ignore")
+    valid = torch.ones_like(like) if ignore is None else (~ignore.to(like.device, torch.bool)).float()
+    weight = batch.get("weight")
+    w_img = (torch.ones(like.shape[0], device=like.device) if weight is None
+             else weight.to(like.device, torch.float32))
+    return valid, w_img
+
+
 def _xywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
     return torch.cat([b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2], 1)
 
@@ -170,10 +181,7 @@ class AWFLoss:
         x, hp = fg[:, 0], height[:, 0]
         t_fg = batch["fg"].to(x.device, torch.float32)
         t_h = batch["height"].to(x.device, torch.float32)
-        ignore = batch.get("ignore")
-        valid = torch.ones_like(x) if ignore is None else (~ignore.to(x.device, torch.bool)).float()
-        weight = batch.get("weight")
-        w_img = torch.ones(x.shape[0], device=x.device) if weight is None else weight.to(x.device, torch.float32)
+        valid, w_img = pixel_weights(batch, x)
         w_pix = valid * w_img.view(-1, 1, 1)
         bce = F.binary_cross_entropy_with_logits(x, t_fg, reduction="none")
         lfg = (bce * w_pix).sum() / valid.sum().clamp(min=1.0)
@@ -183,3 +191,48 @@ class AWFLoss:
         h_w = valid * (t_fg + self.gains.height_bg * (1.0 - t_fg))
         lheight = ((hp - t_h) ** 2 * h_w * w_img.view(-1, 1, 1)).sum() / h_w.sum().clamp(min=1.0)
         return lfg, ldice, lheight
+
+
+@dataclass
+class OmniposeLossGains:
+    """Omnipose loss gains (``hyp.loss`` of hyp.omnipose.yaml); unknown keys are errors.
+
+    ``flow_scale``: the flow target is the unit flow times 5, Omnipose's (and Cellpose's) scaling,
+    so the flow and distance regressions have similar magnitudes.
+    """
+
+    flow: float = 1.0
+    dist: float = 1.0
+    boundary: float = 1.0
+    flow_scale: float = 5.0
+
+    def __post_init__(self):
+        if min(self.flow, self.dist, self.boundary) < 0 or self.flow_scale <= 0:
+            raise ValueError("Omnipose loss gains must be >= 0 and flow_scale > 0")
+
+
+class OmniposeLoss:
+    """``OmniposeLoss(gains)(outputs, batch) -> (loss, items)``: flow MSE (scaled targets), distance
+    MSE and boundary BCE, each a weighted mean over valid pixels (``ignore``/``weight`` as the AWF).
+
+    ``batch["omni"]``: ``(B, 4, H, W)`` targets of utils.flows.targets_to_tensor (flow y, flow x,
+    distance with -5 on background, boundary).
+    """
+
+    def __init__(self, gains: OmniposeLossGains | dict | None = None):
+        self.gains = gains if isinstance(gains, OmniposeLossGains) else from_dict(OmniposeLossGains, gains, "hyp.loss")
+
+    def __call__(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict]:
+        g = self.gains
+        with torch.autocast(outputs["dist"].device.type, enabled=False):
+            flow, dist, bnd = outputs["flow"].float(), outputs["dist"].float()[:, 0], outputs["boundary"].float()[:, 0]
+            t = batch["omni"].to(dist.device, torch.float32)
+            valid, w_img = pixel_weights(batch, dist)
+            w = valid * w_img.view(-1, 1, 1)
+            norm = valid.sum().clamp(min=1.0)
+            lflow = (((flow - g.flow_scale * t[:, :2]) ** 2).sum(1) * w).sum() / (2 * norm)
+            ldist = (((dist - t[:, 2]) ** 2) * w).sum() / norm
+            lbnd = (F.binary_cross_entropy_with_logits(bnd, t[:, 3], reduction="none") * w).sum() / norm
+        parts = torch.stack([g.flow * lflow, g.dist * ldist, g.boundary * lbnd])
+        values = parts.detach().tolist()
+        return parts.sum(), dict(zip(("flow", "dist", "boundary"), values), loss=float(sum(values)))

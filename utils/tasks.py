@@ -105,15 +105,17 @@ class AWFTask(SegmentationTask):
             model = AWF.from_config(ckpt["model_config"])
             model.load_state_dict(ckpt["model"])
             return model
-        return model_from_weights("awf", self.opt.weights)
+        model, source = model_from_weights("awf", self.opt.weights)
+        self.pretrained_head = source == "awf"  # its anchors come with the trained head
+        return model
 
     def build_loss(self, model: nn.Module):
         gains = from_dict(AWFLossGains, self.hyp.loss, f"{self.opt.hyp}: loss")
         return AWFLoss(model, gains)
 
     def before_training(self, model: nn.Module, dataset) -> None:
-        if self.opt.resume:
-            return  # the run's anchors are in its checkpoint
+        if self.opt.resume or getattr(self, "pretrained_head", False):
+            return  # the anchors belong to the checkpoint's trained detection head
         thr = from_dict(AWFLossGains, self.hyp.loss, "loss").anchor_t
         check_anchors(model, dataset_boxes(self.train_samples, self.cache), thr=thr,
                       noautoanchor=self.opt.noautoanchor)
@@ -123,3 +125,69 @@ class AWFTask(SegmentationTask):
 
     def segmenter(self, model: nn.Module, device: torch.device):
         return AWFSegmenter(model, device)
+
+
+class WeaklyTask(AWFTask):
+    """The weakly-supervised stage: finetune one AWF branch (``DataConfig.modality``) on the
+    labelled ``train`` images plus the pseudo-labelled ``pseudo`` images of that modality.
+
+    A pseudo-labelled sample keeps its confidence (predict.py --pseudo's mean foreground
+    probability, 0..1) as its weight in the pixel losses; samples under ``hyp.pseudo_conf`` are
+    dropped, and NAME_ignore.png masks leave uncertain pixels out of the loss (utils.dataset).
+    An image both labelled and pseudo-labelled keeps its true label. Validation is the ``val``
+    split filtered to the modality, so best.pt is chosen for this branch.
+    """
+
+    def training_samples(self):
+        if self.data.modality is None:
+            LOGGER.warning("%s: no modality set: finetuning on every modality", self.opt.data)
+        labelled = resolve_split(self.data, "train", CACHE_DIR) if self.data.train else []
+        if not self.data.pseudo:
+            raise InputError(self.opt.data, "the weakly stage needs a pseudo entry "
+                                            "(predict.py --pseudo output)")
+        pseudo = resolve_split(self.data, "pseudo", CACHE_DIR)
+        known = {str(s.image.resolve()) for s in labelled}
+        kept = [s for s in pseudo if s.confidence >= self.hyp.pseudo_conf
+                and str(s.image.resolve()) not in known]
+        LOGGER.info("weakly stage (%s): %d labelled + %d of %d pseudo-labelled images "
+                    "(confidence >= %.2f, mean weight %.3f)", self.data.modality or "all",
+                    len(labelled), len(kept), len(pseudo), self.hyp.pseudo_conf,
+                    float(np.mean([s.confidence for s in kept])) if kept else 0.0)
+        if not labelled and not kept:
+            raise InputError(self.opt.data, f"no training images left: every pseudo label is "
+                                            f"under pseudo_conf {self.hyp.pseudo_conf}")
+        return labelled + kept
+
+
+def omnipose_targets(label: np.ndarray) -> dict:
+    """Dataset target_fn of the Omnipose task: {'omni': (4, S, S) float32} (utils.flows)."""
+    from utils.flows import label_to_tensor
+    return {"omni": label_to_tensor(label).numpy()}
+
+
+class OmniposeTask(SegmentationTask):
+    """Omnipose: flows, distance and boundary on the same labelled data as the AWF."""
+
+    kind = "omnipose"
+
+    def build_model(self, ckpt: dict | None) -> nn.Module:
+        from models.omnipose import Omnipose
+        if ckpt is not None:
+            model = Omnipose.from_config(ckpt["model_config"])
+            model.load_state_dict(ckpt["model"])
+            return model
+        return model_from_weights("omnipose", self.opt.weights)[0]
+
+    def build_loss(self, model: nn.Module):
+        from utils.loss import OmniposeLoss, OmniposeLossGains
+        return OmniposeLoss(from_dict(OmniposeLossGains, self.hyp.loss, f"{self.opt.hyp}: loss"))
+
+    def target_fn(self):
+        return omnipose_targets
+
+    def batch_size_keys(self) -> tuple[str, ...]:
+        return ("omni",)
+
+    def segmenter(self, model: nn.Module, device: torch.device):
+        from utils.inference import OmniposeSegmenter
+        return OmniposeSegmenter(model, device)

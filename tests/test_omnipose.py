@@ -1,0 +1,83 @@
+"""The Omnipose branch: network shapes, AWF weight transfer, loss, segmenter, train_omnipose.py."""
+import numpy as np
+import torch
+
+from models.awf import AWF
+from models.loading import load_model, model_from_weights
+from models.omnipose import Omnipose
+from utils.checkpoint import save_checkpoint_atomic
+from utils.flows import label_to_tensor, reconstruct_masks
+from utils.inference import OmniposeSegmenter
+from utils.loss import OmniposeLoss
+from utils.metrics import match_instances
+from utils.synthetic import make_label
+
+
+def test_shapes_and_awf_transfer(tmp_path):
+    model = Omnipose()
+    out = model(torch.rand(2, 3, 64, 96))
+    assert out["flow"].shape == (2, 2, 64, 96) and out["dist"].shape == (2, 1, 64, 96)
+    assert out["boundary"].shape == (2, 1, 64, 96)
+    awf = AWF()
+    save_checkpoint_atomic({"kind": "awf", "model": awf.state_dict(),
+                            "model_config": awf.config_dict()}, tmp_path / "awf.pt")
+    omni, source = model_from_weights("omnipose", str(tmp_path / "awf.pt"))
+    assert source == "awf"
+    state = awf.state_dict()
+    for name, tensor in omni.state_dict().items():
+        if name.startswith(("backbone.", "neck.")):
+            assert torch.equal(tensor, state[name]), name
+    assert not torch.equal(omni.decoder.out.weight, awf.decoder.out.weight[:1].expand_as(omni.decoder.out.weight))
+
+
+def test_loss_is_zero_for_perfect_maps_and_respects_ignore():
+    label = make_label((64, 64), seed=1, size_range=(10, 20))
+    t = label_to_tensor(label)[None]
+    logit = torch.where(t[:, 3:4] > 0.5, torch.tensor(20.0), torch.tensor(-20.0))
+    perfect = {"flow": 5.0 * t[:, :2], "dist": t[:, 2:3], "boundary": logit}
+    loss, items = OmniposeLoss()(perfect, {"omni": t})
+    assert items["flow"] < 1e-6 and items["dist"] < 1e-6 and items["boundary"] < 1e-6
+    bad = {k: v.clone() for k, v in perfect.items()}
+    bad["dist"][..., :32, :] += 3.0
+    assert OmniposeLoss()(bad, {"omni": t})[0] > 1.0
+    ignore = torch.zeros(1, 64, 64, dtype=torch.bool)
+    ignore[:, :32] = True
+    assert OmniposeLoss()(bad, {"omni": t, "ignore": ignore})[1]["dist"] < 1e-6
+
+
+class _Oracle(torch.nn.Module):
+    """Returns the ground-truth Omnipose maps of a label (padded like the network input)."""
+
+    kind = "omnipose"
+
+    def __init__(self, label):
+        super().__init__()
+        self.t = label_to_tensor(label)
+
+    def forward(self, x):
+        h, w = self.t.shape[-2:]
+        t = torch.nn.functional.pad(self.t, (0, x.shape[-1] - w, 0, x.shape[-2] - h), value=-5.0)
+        return {"flow": t[None, :2], "dist": t[None, 2:3], "boundary": t[None, 3:4]}
+
+
+def test_segmenter_returns_ground_truth_from_ground_truth_maps():
+    label = make_label((100, 90), seed=4, size_range=(12, 40))  # not a multiple of 32: padding
+    seg = OmniposeSegmenter(_Oracle(label))
+    pred, info = seg.segment(np.zeros((100, 90, 3), np.uint8))
+    assert pred.shape == label.shape
+    t = label_to_tensor(label).numpy()  # padding and cropping change nothing:
+    np.testing.assert_array_equal(pred, reconstruct_masks(t[:2], t[2]))
+    assert match_instances(label, pred, count_bd_cells=True).f1 >= 0.9  # exactness: test_flows.py
+    assert info["fg_conf"] > 0.8  # sigmoid of a distance of >= 1 pixel inside cells
+
+
+def test_train_omnipose_and_predict(tmp_path, synthetic_data, run_script):
+    run_script(["train_omnipose.py", "--data", synthetic_data, "--img", "64", "--batch", "2",
+                "--epochs", "1", "--workers", "0", "--device", "cpu", "--project", tmp_path,
+                "--name", "omni"])
+    ckpt = tmp_path / "omni" / "weights" / "last.pt"
+    assert torch.load(ckpt, weights_only=True)["kind"] == "omnipose"
+    assert isinstance(load_model(ckpt), Omnipose)
+    images = synthetic_data.parent / "set" / "images"
+    run_script(["predict.py", "-i", images, "-o", tmp_path / "out", "--ckpt", ckpt, "--device", "cpu"])
+    assert len(list((tmp_path / "out").glob("*_label.tiff"))) == len(list(images.iterdir()))
