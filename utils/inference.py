@@ -96,6 +96,12 @@ class AWFSegmenter:
     def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float() / 255.0
 
+    def raw_outputs(self, image: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """One forward pass (with TTA when set) of a whole network image: (pred (N, 5) [cx, cy, w,
+        h, score] pixels before NMS, fg (H, W), height (H, W)). For NMS tuning and predict_maps."""
+        pred, fg, height = self._forward_tta(self._to_tensor(image))
+        return pred[0], fg[0].cpu().numpy(), height[0].cpu().numpy()
+
     def predict_maps(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Network image -> (detections (n, 5) x1,y1,x2,y2,score px, fg (H, W), height (H, W)).
 
@@ -105,9 +111,9 @@ class AWFSegmenter:
         p = self.params
         h, w = image.shape[:2]
         if max(h, w) <= p.max_full_size:
-            pred, fg, height = self._forward_tta(self._to_tensor(image))
+            pred, fg, height = self.raw_outputs(image)
             det = non_max_suppression(pred, p.conf_thres, p.iou_thres, p.max_det)[0]
-            return det.cpu().numpy(), fg[0].cpu().numpy(), height[0].cpu().numpy()
+            return det.cpu().numpy(), fg, height
         acc = WindowAccumulator((2, h, w))
         weight = gaussian_weight(p.window)
         dets = []
