@@ -56,3 +56,34 @@ def model_state(ckpt: dict) -> dict:
             return ckpt
         raise CheckpointError("checkpoint holds neither 'model' nor 'ema' weights")
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def strip_checkpoint(src, dst, note: str = "") -> Path:
+    """Shippable weights from a training checkpoint: the EMA weights in fp16, the model config and
+    plain metadata (epoch, best fitness, hyps, the training options), no optimizer state.
+
+    A ResNet-18 AWF becomes ~23 MB. :func:`model_state` casts back to float32 on loading.
+    """
+    ckpt = load_checkpoint(src)
+    weights = model_state(ckpt)
+    slim = {"kind": ckpt.get("kind", "awf"), "model_config": ckpt.get("model_config", {}),
+            "model": {k: (v.half() if v.is_floating_point() else v) for k, v in weights.items()},
+            "epoch": ckpt.get("epoch", -1), "best_fitness": ckpt.get("best_fitness", -1.0),
+            "hyp": ckpt.get("hyp", {}), "opt": ckpt.get("opt", {}), "note": note}
+    return save_checkpoint_atomic(slim, dst)
+
+
+def main(argv=None) -> None:
+    """``python -m utils.checkpoint SRC DST [--note TEXT]``: strip a training checkpoint."""
+    import argparse
+    p = argparse.ArgumentParser(description=strip_checkpoint.__doc__.splitlines()[0])
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--note", default="")
+    args = p.parse_args(argv)
+    out = strip_checkpoint(args.src, args.dst, args.note)
+    print(f"{out}: {out.stat().st_size / 2**20:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
