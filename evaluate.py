@@ -86,7 +86,11 @@ def main(argv=None) -> int:
     except InputError as exc:
         LOGGER.error("%s", exc)
         return 2
-    router = router_from_args(args, select_device(args.device))
+    try:
+        router = router_from_args(args, select_device(args.device))
+    except FileNotFoundError as exc:
+        LOGGER.error("%s", exc)
+        return 2
     with tempfile.TemporaryDirectory() as tmp:
         summary, labels = predict_files(files, router, args.save_dir or tmp, keep_labels=True)
     frame, failures = score(files, labels, summary.records)

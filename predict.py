@@ -61,7 +61,11 @@ def main(argv=None) -> int:
     except InputError as exc:
         LOGGER.error("%s", exc)
         return 2
-    router = router_from_args(args, device)
+    try:
+        router = router_from_args(args, device)
+    except FileNotFoundError as exc:
+        LOGGER.error("%s", exc)
+        return 2
     summary, _ = predict_files(files, router, args.output, save_overlay=args.save_overlay,
                                progress=info.is_main, pseudo=args.pseudo)
     if summary.records:

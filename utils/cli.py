@@ -87,8 +87,12 @@ def add_prediction_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def router_from_args(args, device):
-    """The Router the prediction flags describe (checkpoints resolve against the repo root)."""
+    """The Router the prediction flags describe (checkpoints resolve against the repo root).
+
+    Raises FileNotFoundError (one line) when no checkpoint can run."""
     from utils.routing import Overrides, Router, load_routing
     cfg = load_routing(args.routing)
     overrides = Overrides(args.conf_thres, args.iou_thres, args.max_det, args.tta, args.scale)
-    return Router(cfg, device, overrides, ckpt=args.ckpt, amp=args.amp, base_dir=REPO_ROOT)
+    router = Router(cfg, device, overrides, ckpt=args.ckpt, amp=args.amp, base_dir=REPO_ROOT)
+    router.check_checkpoints()
+    return router

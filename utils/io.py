@@ -32,6 +32,17 @@ NORM_WEAK_CHANNEL = 0.1
 NORM_SAMPLE_PIXELS = 4_000_000
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Mode of files written by atomic_write: what open() would give (mkstemp's temporary files are 0600,
+# which would leave predictions written inside Docker as root unreadable to the host's user).
+FILE_MODE = 0o666 & ~_current_umask()
+
+
 class InputError(ValueError):
     """A user's input file cannot be used; ``str(err)`` is one line naming the file."""
 
@@ -217,6 +228,7 @@ def atomic_write(path):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, FILE_MODE)
         yield Path(tmp)
         os.replace(tmp, path)
     finally:

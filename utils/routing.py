@@ -106,6 +106,17 @@ class Router:
             LOGGER.info("loaded %s", path)
         return self._models[key]
 
+    def check_checkpoints(self) -> None:
+        """Fail early, in one line, when no checkpoint can run (before any image is read)."""
+        if self.ckpt:
+            if not Path(self.ckpt).is_file():
+                raise FileNotFoundError(f"--ckpt {self.ckpt}: no such checkpoint")
+            return
+        general = self.ckpt_dir / self.cfg.model_dict[self.cfg.general]
+        if not general.is_file():
+            raise FileNotFoundError(f"{general}: default weights missing (see ckpts/README.md), "
+                                    "or pass --ckpt PATH")
+
     def branch_path(self, branch: str) -> Path | None:
         """Checkpoint of a branch; a missing file falls back to the general branch (warned once)."""
         if self.ckpt:
@@ -117,7 +128,7 @@ class Router:
         if branch == "omni":
             return None
         general = root / self.cfg.model_dict[self.cfg.general]
-        if branch not in self._warned:
+        if branch not in self._warned and self.cfg.model_dict.get(branch) != self.cfg.model_dict[self.cfg.general]:
             self._warned.add(branch)
             LOGGER.warning("branch %s: %s missing, using the general branch %s", branch,
                            root / str(name), general)

@@ -1,0 +1,184 @@
+"""Prediction speed on this machine: forward, NMS and post-processing per image, and a whole slide.
+
+    python benchmarks/bench_predict.py                          # random-init AWF, 512 and 1024 px
+    python benchmarks/bench_predict.py --ckpt best.pt --image examples/fl_cells.png
+    python benchmarks/bench_predict.py --conf-thres 0.01        # random init, max_det detections
+    python benchmarks/bench_predict.py --wsi                    # + 10,000 x 10,000 RGB (minutes)
+
+1. For each ``--sizes`` S (default 512 and 1024): an S x S network image (a synthetic
+   fluorescence image, or ``--image`` cropped / tiled to S x S) goes through the pipeline of
+   utils/inference.py step by step: forward (padding, network, box decoding, sigmoid), NMS,
+   post-processing (utils/watershed.py), and ``AWFSegmenter.segment`` end to end (total).
+   Median milliseconds over ``--repeats`` runs after one warm-up, batch 1, fp32.
+2. ``--wsi``: ``AWFSegmenter.segment`` on a ``--wsi-size`` square RGB image (the synthetic
+   1024 image tiled), i.e. the chunked path; wall time and peak RSS (``resource.getrusage``),
+   measured in a child process so that the RSS is that run's own.
+
+Post-processing time grows with the number of detections: a random-init model keeps none at
+the default threshold (use ``--conf-thres 0.01`` for a worst case with ``max_det`` boxes) and
+only a trained model (``--ckpt``) gives representative figures. Results are printed and written
+to benchmarks/out/bench_predict.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from models.awf import AWF  # noqa: E402
+from models.loading import load_model  # noqa: E402
+from utils.inference import AWFSegmenter, InferenceParams, pad_to_stride  # noqa: E402
+from utils.io import load_image, normalize_image  # noqa: E402
+from utils.nms import non_max_suppression  # noqa: E402
+from utils.synthetic import make_sample  # noqa: E402
+from utils.watershed import postprocess  # noqa: E402
+
+OUT_JSON = REPO / "benchmarks" / "out" / "bench_predict.json"
+# Synthetic benchmark cells: largest extent range in pixels (nuclei-like at 40x)
+CELL_SIZE_RANGE = (12, 40)
+# The whole-slide image is this synthetic tile repeated (px per side)
+WSI_TILE = 1024
+NOTE = ("post-processing time depends on the number of detections (n_det): "
+        "figures from a random-init model are not representative of a trained one")
+
+
+def timed(fn, repeats: int, warmup: int = 1) -> tuple[float, object]:
+    """(median wall time of ``fn()`` in ms, the last result)."""
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), result
+
+
+def bench_image(size: int, image_path: str | None = None) -> np.ndarray:
+    """A ``(size, size, 3) uint8`` network image: ``image_path`` cropped / tiled, or synthetic fl."""
+    if image_path:
+        img = load_image(image_path)
+        reps = (-(-size // img.shape[0]), -(-size // img.shape[1]), 1)
+        return np.ascontiguousarray(np.tile(img, reps)[:size, :size])
+    raw, _ = make_sample("fl", (size, size), seed=size, size_range=CELL_SIZE_RANGE, channels=3)
+    return normalize_image(raw)
+
+
+def forward(model, x: torch.Tensor):
+    """The pipeline's forward step: ``x (1, 3, H, W)`` -> (decoded (1, N, 5), fg (H, W), height (H, W))."""
+    with torch.no_grad():
+        xp, (h, w) = pad_to_stride(x)
+        out = model(xp)
+        pred = model.decode(out["det"])
+        return pred, torch.sigmoid(out["fg"][0, 0, :h, :w]), out["height"][0, 0, :h, :w]
+
+
+def bench_size(seg: AWFSegmenter, image: np.ndarray, repeats: int) -> dict:
+    """Median ms of forward / NMS / post-processing / segment() on one network image."""
+    p = seg.params
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
+    t_fwd, (pred, fg, height) = timed(lambda: forward(seg.model, x), repeats)
+    t_nms, det = timed(lambda: non_max_suppression(pred, p.conf_thres, p.iou_thres, p.max_det)[0],
+                       repeats)
+    fg_np, height_np, det_np = fg.numpy(), height.numpy(), det.numpy()
+    t_post, label = timed(lambda: postprocess(det_np[:, :4], det_np[:, 4], fg_np, height_np, p.post),
+                          repeats)
+    t_total, _ = timed(lambda: seg.segment(image), repeats)
+    return {"size": image.shape[0], "forward_ms": round(t_fwd, 1), "nms_ms": round(t_nms, 1),
+            "post_ms": round(t_post, 1), "total_ms": round(t_total, 1), "n_det": len(det),
+            "n_cells": int(label.max(initial=0))}
+
+
+def build_model(ckpt: str | None):
+    """The checkpoint's model, or a random-init AWF (seeded) when ``ckpt`` is None."""
+    if ckpt:
+        return load_model(ckpt, kind="awf")
+    torch.manual_seed(0)
+    return AWF().eval()
+
+
+def wsi_child(args) -> None:
+    """Run in a subprocess: segment one ``wsi_size``^2 RGB image, print JSON (seconds, peak RSS)."""
+    torch.set_num_threads(args.threads)
+    seg = AWFSegmenter(build_model(args.ckpt), "cpu", InferenceParams(conf_thres=args.conf_thres))
+    tile = bench_image(WSI_TILE, args.image)
+    reps = -(-args.wsi_size // WSI_TILE)
+    image = np.ascontiguousarray(np.tile(tile, (reps, reps, 1))[:args.wsi_size, :args.wsi_size])
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    t0 = time.perf_counter()
+    label, info = seg.segment(image)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(json.dumps({"size": args.wsi_size, "seconds": round(seconds, 1),
+                      "peak_rss_gib": round(peak, 2), "rss_before_segment_gib": round(rss_before, 2),
+                      "n_det": info["n_det"], "n_cells": info["n_cells"], "label_dtype": str(label.dtype)}))
+
+
+def run_wsi(args) -> dict:
+    """The whole-slide measurement in a fresh interpreter (its own peak RSS)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--wsi-child", "--wsi-size", str(args.wsi_size),
+           "--threads", str(args.threads), "--conf-thres", str(args.conf_thres)]
+    cmd += ["--ckpt", args.ckpt] if args.ckpt else []
+    cmd += ["--image", args.image] if args.image else []
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"whole-slide run failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--ckpt", default=None, help="AWF checkpoint (default: random init)")
+    p.add_argument("--image", default=None, help="real image, cropped/tiled to each size")
+    p.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], help="square sizes (px)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
+    p.add_argument("--conf-thres", type=float, default=InferenceParams.conf_thres)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    p.add_argument("--wsi", action="store_true", help="also the whole-slide run (minutes)")
+    p.add_argument("--wsi-size", type=int, default=10_000, help="whole-slide side (px)")
+    p.add_argument("--wsi-child", action="store_true", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.wsi_child:
+        wsi_child(args)
+        return 0
+    torch.set_num_threads(args.threads)
+    seg = AWFSegmenter(build_model(args.ckpt), "cpu", InferenceParams(conf_thres=args.conf_thres))
+    print(f"model: {args.ckpt or 'random init'}; image: {args.image or 'synthetic fl'}; "
+          f"CPU threads: {args.threads}; conf_thres {args.conf_thres}; median of {args.repeats}")
+    print(f"note: {NOTE}")
+    print(f"{'size':>6} {'forward':>9} {'NMS':>7} {'post':>8} {'total':>9} {'n_det':>6} {'cells':>6}  (ms)")
+    results = {"model": args.ckpt or "random init", "image": args.image or "synthetic fl",
+               "threads": args.threads, "conf_thres": args.conf_thres, "note": NOTE, "sizes": []}
+    for size in args.sizes:
+        r = bench_size(seg, bench_image(size, args.image), args.repeats)
+        results["sizes"].append(r)
+        print(f"{size:>6} {r['forward_ms']:>9} {r['nms_ms']:>7} {r['post_ms']:>8} {r['total_ms']:>9} "
+              f"{r['n_det']:>6} {r['n_cells']:>6}")
+    if args.wsi:
+        results["wsi"] = w = run_wsi(args)
+        print(f"whole slide {w['size']}^2 RGB: {w['seconds']} s, peak RSS {w['peak_rss_gib']} GiB "
+              f"(image built: {w['rss_before_segment_gib']} GiB), {w['n_cells']} cells")
+    OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
+    OUT_JSON.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
