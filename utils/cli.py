@@ -96,3 +96,14 @@ def router_from_args(args, device):
     router = Router(cfg, device, overrides, ckpt=args.ckpt, amp=args.amp, base_dir=REPO_ROOT)
     router.check_checkpoints()
     return router
+
+
+def train_cli(task_cls, description: str, argv=None, **defaults) -> None:
+    """The whole of a training script: parse the YOLOv5-style flags (``defaults`` as for
+    :func:`training_parser`), set up logging, train ``task_cls`` on the engine."""
+    from utils.engine import run_training
+    args = training_parser(description, **defaults).parse_args(argv)
+    setup_logging()
+    best = run_training(task_cls, options_from_args(args))
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"done: {best}")

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from utils.flows import reconstruct_masks
 from utils.nms import merge_detections, non_max_suppression
 from utils.tiling import WindowAccumulator, gaussian_weight, segment_chunked, window_grid
 from utils.watershed import PostprocessParams, postprocess
@@ -51,23 +52,38 @@ def pad_to_stride(x: torch.Tensor, stride: int = STRIDE) -> tuple[torch.Tensor, 
     return (F.pad(x, (0, pw, 0, ph)) if ph or pw else x), (h, w)
 
 
-class AWFSegmenter:
-    """Runs an AWF model on network images ``(H, W, 3) uint8`` and returns instance labels."""
+class Segmenter:
+    """A model in eval mode on a device; ``segment(image) -> (label, info)`` in subclasses."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device | str = "cpu",
-                 params: InferenceParams | None = None, amp: bool = False):
+    default_params = None
+
+    def __init__(self, model: torch.nn.Module, device: torch.device | str = "cpu", params=None,
+                 amp: bool = False):
         self.model = model.eval().to(device)
         self.device = torch.device(device)
-        self.params = params or InferenceParams()
-        self.amp = amp
+        self.params = params or self.default_params()
+        self.amp = amp  # fp16 autocast on CUDA, bf16 on CPU
+
+    def _autocast(self):
+        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp)
+
+    def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
+        """Network image ``(H, W, 3) uint8`` -> ``(1, 3, H, W)`` float in [0, 1] on the device."""
+        return torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float() / 255.0
+
+
+class AWFSegmenter(Segmenter):
+    """Runs an AWF model on network images ``(H, W, 3) uint8`` and returns instance labels."""
+
+    default_params = InferenceParams
 
     # ------------------------------------------------------------------ network
     @torch.no_grad()
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``x (B, 3, H, W)`` in [0, 1] -> (pred (B, N, 5) cx,cy,w,h,score px, fg (B,H,W), height (B,H,W))."""
         x, (h, w) = pad_to_stride(x)
-        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        with torch.autocast(self.device.type, dtype=dtype, enabled=self.amp):
+        with self._autocast():
             out = self.model(x)
             pred = self.model.decode(out["det"])
         fg = torch.sigmoid(out["fg"][:, 0, :h, :w].float())
@@ -92,9 +108,6 @@ class AWFSegmenter:
             fgs.append(torch.flip(fg, dims) if dims else fg)
             hts.append(torch.flip(ht, dims) if dims else ht)
         return torch.cat(preds, 1), torch.stack(fgs).mean(0), torch.stack(hts).mean(0)
-
-    def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float() / 255.0
 
     def raw_outputs(self, image: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """One forward pass (with TTA when set) of a whole network image: (pred (N, 5) [cx, cy, w,
@@ -185,32 +198,24 @@ class OmniposeParams:
     margin: int = 256
 
 
-class OmniposeSegmenter:
+class OmniposeSegmenter(Segmenter):
     """Runs an Omnipose model on network images ``(H, W, 3) uint8`` -> instance labels.
 
     ``info['fg_conf']``: mean of sigmoid(distance) over pixels above 0.5, the Omnipose side of
     the routing rule (the distance output is about -5 on background and grows inside cells).
     """
 
-    def __init__(self, model: torch.nn.Module, device: torch.device | str = "cpu",
-                 params: OmniposeParams | None = None, amp: bool = False):
-        self.model = model.eval().to(device)
-        self.device = torch.device(device)
-        self.params = params or OmniposeParams()
-        self.amp = amp
+    default_params = OmniposeParams
 
     @torch.no_grad()
     def predict_maps(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Network image -> (flow (2, H, W) dy/dx, dist (H, W) pixels)."""
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float() / 255.0
-        x, (h, w) = pad_to_stride(x)
-        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        with torch.autocast(self.device.type, dtype=dtype, enabled=self.amp):
+        x, (h, w) = pad_to_stride(self._to_tensor(image))
+        with self._autocast():
             out = self.model(x)
         return out["flow"][0, :, :h, :w].float().cpu().numpy(), out["dist"][0, 0, :h, :w].float().cpu().numpy()
 
     def _segment_region(self, image: np.ndarray, stats: dict) -> np.ndarray:
-        from utils.flows import reconstruct_masks
         flow, dist = self.predict_maps(image)
         prob = 1.0 / (1.0 + np.exp(-dist))
         sel = prob[prob > FG_CONF_THRESHOLD]

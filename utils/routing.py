@@ -21,7 +21,7 @@ import torch
 
 from models.loading import load_model
 from utils.config import load_config
-from utils.inference import AWFSegmenter, InferenceParams
+from utils.inference import AWFSegmenter, InferenceParams, OmniposeSegmenter
 from utils.modality import classify_modality
 
 LOGGER = logging.getLogger(__name__)
@@ -146,7 +146,6 @@ class Router:
     def segmenter(self, path: Path, modality: str):
         model = self._model(path)
         if getattr(model, "kind", "awf") == "omnipose":
-            from utils.inference import OmniposeSegmenter
             return OmniposeSegmenter(model, self.device, amp=self.amp)
         return AWFSegmenter(model, self.device, self.params(modality), amp=self.amp)
 

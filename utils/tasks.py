@@ -15,14 +15,16 @@ import torch
 import torch.nn as nn
 
 from models.awf import AWF
+from models.omnipose import Omnipose
 from models.loading import model_from_weights
 from utils.autoanchor import check_anchors
 from utils.config import from_dict, load_data_config
 from utils.dataset import CellDataset, DatasetCache, collate_fn, dataset_boxes, resolve_split
 from utils.engine import Task, TrainOptions
-from utils.inference import AWFSegmenter
+from utils.flows import label_to_tensor
+from utils.inference import AWFSegmenter, OmniposeSegmenter
 from utils.io import InputError
-from utils.loss import AWFLoss, AWFLossGains
+from utils.loss import AWFLoss, AWFLossGains, OmniposeLoss, OmniposeLossGains
 from utils.metrics import match_instances
 
 LOGGER = logging.getLogger(__name__)
@@ -161,7 +163,6 @@ class WeaklyTask(AWFTask):
 
 def omnipose_targets(label: np.ndarray) -> dict:
     """Dataset target_fn of the Omnipose task: {'omni': (4, S, S) float32} (utils.flows)."""
-    from utils.flows import label_to_tensor
     return {"omni": label_to_tensor(label).numpy()}
 
 
@@ -171,7 +172,6 @@ class OmniposeTask(SegmentationTask):
     kind = "omnipose"
 
     def build_model(self, ckpt: dict | None) -> nn.Module:
-        from models.omnipose import Omnipose
         if ckpt is not None:
             model = Omnipose.from_config(ckpt["model_config"])
             model.load_state_dict(ckpt["model"])
@@ -179,7 +179,6 @@ class OmniposeTask(SegmentationTask):
         return model_from_weights("omnipose", self.opt.weights)[0]
 
     def build_loss(self, model: nn.Module):
-        from utils.loss import OmniposeLoss, OmniposeLossGains
         return OmniposeLoss(from_dict(OmniposeLossGains, self.hyp.loss, f"{self.opt.hyp}: loss"))
 
     def target_fn(self):
@@ -189,5 +188,4 @@ class OmniposeTask(SegmentationTask):
         return ("omni",)
 
     def segmenter(self, model: nn.Module, device: torch.device):
-        from utils.inference import OmniposeSegmenter
         return OmniposeSegmenter(model, device)
