@@ -1,8 +1,8 @@
 """Benchmark utils/flows.py: target and reconstruction time against image size and cell count, and
 (``--accuracy``) ground-truth round-trip F1 of the reconstruction variants behind its design.
 
-    python benchmarks/bench_flows.py                      # timing table (median of --repeats runs)
-    python benchmarks/bench_flows.py --accuracy           # variant table (synthetic + dsb2018)
+    python -m benchmarks.bench_flows                      # timing table (median of --repeats runs)
+    python -m benchmarks.bench_flows --accuracy           # variant table (synthetic + dsb2018)
 
 Timing rows use synthetic labels (utils.synthetic.make_label, cells 10-60 px, touching) at sizes
 256..2048 with a sparse and a dense cell count; times are in milliseconds. Torch runs with
@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils import flows
 from utils.io import read_label

@@ -1,9 +1,9 @@
 """Prediction speed on this machine: forward, NMS and post-processing per image, and a whole slide.
 
-    python benchmarks/bench_predict.py                          # random-init AWF, 512 and 1024 px
-    python benchmarks/bench_predict.py --ckpt best.pt --image examples/fl_cells.png
-    python benchmarks/bench_predict.py --conf-thres 0.01        # random init, max_det detections
-    python benchmarks/bench_predict.py --wsi                    # + 10,000 x 10,000 RGB (minutes)
+    python -m benchmarks.bench_predict                          # random-init AWF, 512 and 1024 px
+    python -m benchmarks.bench_predict --ckpt best.pt --image examples/fl_cells.png
+    python -m benchmarks.bench_predict --conf-thres 0.01        # random init, max_det detections
+    python -m benchmarks.bench_predict --wsi                    # + 10,000 x 10,000 RGB (minutes)
 
 1. For each ``--sizes`` S (default 512 and 1024): an S x S network image (a synthetic
    fluorescence image, or ``--image`` cropped / tiled to S x S) goes through the pipeline of
@@ -34,7 +34,6 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from models.awf import AWF  # noqa: E402
 from models.loading import load_model  # noqa: E402
@@ -128,11 +127,11 @@ def wsi_child(args) -> None:
 
 def run_wsi(args) -> dict:
     """The whole-slide measurement in a fresh interpreter (its own peak RSS)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--wsi-child", "--wsi-size", str(args.wsi_size),
+    cmd = [sys.executable, "-m", "benchmarks.bench_predict", "--wsi-child", "--wsi-size", str(args.wsi_size),
            "--threads", str(args.threads), "--conf-thres", str(args.conf_thres)]
     cmd += ["--ckpt", args.ckpt] if args.ckpt else []
     cmd += ["--image", args.image] if args.image else []
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO)
     if proc.returncode != 0:
         raise SystemExit(f"whole-slide run failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
