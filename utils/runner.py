@@ -142,8 +142,3 @@ def report_failures(summary: RunSummary) -> int:
 def records_frame(records: list[PredictionRecord]):
     import pandas as pd
     return pd.DataFrame([r.__dict__ for r in records])
-
-
-def mean_or_zero(values) -> float:
-    values = list(values)
-    return float(np.mean(values)) if values else 0.0
