@@ -128,7 +128,9 @@ def test_predict_sh_runs_with_overridden_folders(tmp_path):
 
 @pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX shell")
 def test_predict_sh_without_weights_fails_in_one_line(tmp_path):
-    workspace = stage_image_tree(tmp_path / "workspace")  # ckpts/ holds no weights here
+    workspace = stage_image_tree(tmp_path / "workspace")
+    for weights in (workspace / "ckpts").glob("*.pt"):  # an image built without weights
+        weights.unlink()
     image, _ = make_sample("fl", (64, 64), seed=0, size_range=(8, 20))
     for name in ("a.png", "b.png"):
         write_image(tmp_path / "in" / name, image)
