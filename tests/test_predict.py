@@ -94,3 +94,38 @@ def test_routing_yaml_and_omni_rule():
     assert rule.prefer_omnipose(awf_conf=0.7, omni_conf=0.1)      # AWF unsure
     assert rule.prefer_omnipose(awf_conf=0.85, omni_conf=0.91)    # Omnipose clearly surer
     assert not rule.prefer_omnipose(awf_conf=0.85, omni_conf=0.88)
+
+
+class _BlobModel(torch.nn.Module):
+    """A stand-in network that is flip-equivariant by construction: its one box is the bounding
+    box of the bright pixels (pixel i spans [i, i+1)), its foreground the image brightness."""
+
+    def forward(self, x):
+        logit = (x[:, :1] - 0.5) * 20.0
+        return {"det": x[:, 0], "fg": logit, "height": x[:, :1] * 2.0}
+
+    def decode(self, det):
+        out = []
+        for img in det:
+            ys, xs = torch.nonzero(img > 0.5, as_tuple=True)
+            x1, x2, y1, y2 = xs.min(), xs.max() + 1.0, ys.min(), ys.max() + 1.0
+            out.append(torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, torch.tensor(0.9)]))
+        return torch.stack(out)[:, None].float()
+
+
+def test_flip_tta_maps_boxes_and_maps_back_to_the_image():
+    from utils.inference import AWFSegmenter, InferenceParams
+    image = np.zeros((70, 90, 3), np.uint8)  # not a multiple of the stride: padding is involved
+    image[5:20, 60:84] = 255                 # an off-centre, non-square blob
+    image[50:66, 3:9] = 100                  # a dim asymmetric patch that only the maps see
+    plain = AWFSegmenter(_BlobModel(), "cpu", InferenceParams(tta=False))
+    tta = AWFSegmenter(_BlobModel(), "cpu", InferenceParams(tta=True))
+    pred0, fg0, ht0 = plain.raw_outputs(image)
+    pred, fg, ht = tta.raw_outputs(image)
+    assert pred.shape == (3, 5)  # identity, left-right and up-down boxes pooled before NMS
+    torch.testing.assert_close(pred, pred0.expand(3, 5))
+    torch.testing.assert_close(pred0[0, :4], torch.tensor([72.0, 12.5, 24.0, 15.0]))
+    np.testing.assert_allclose(fg, fg0, atol=1e-6)
+    np.testing.assert_allclose(ht, ht0, atol=1e-6)
+    det, _, _ = tta.predict_maps(image)
+    np.testing.assert_allclose(det[:, :4], [[60, 5, 84, 20]], atol=1e-4)  # one box after NMS

@@ -15,6 +15,7 @@ import csv
 import logging
 import math
 import random
+import sys
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
@@ -41,6 +42,8 @@ LOGGER = logging.getLogger(__name__)
 MIN_WARMUP_ITERS = 100
 # Multi-scale sizes are multiples of the network's largest stride.
 GRID = 32
+# Seconds between progress-bar lines when stderr is a file, not a terminal (keeps nohup logs readable).
+LOG_BAR_INTERVAL = 60.0
 
 
 class TrainingDiverged(RuntimeError):
@@ -385,8 +388,10 @@ class Trainer:
         self._seed_epoch(epoch)
         nb = len(self.loader)
         sums: dict[str, float] = {}
+        # Redirected to a log file (nohup), the bar updates once a minute rather than every batch.
         bar = tqdm(self.loader, total=nb, desc=f"epoch {epoch + 1}/{self.opt.epochs}",
-                   disable=not self.info.is_main, dynamic_ncols=True, leave=False)
+                   disable=not self.info.is_main, dynamic_ncols=True, leave=False,
+                   mininterval=0.1 if sys.stderr.isatty() else LOG_BAR_INTERVAL)
         for i, batch in enumerate(bar):
             ni = i + nb * epoch
             if ni <= nw:
