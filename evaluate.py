@@ -4,7 +4,8 @@
     python evaluate.py -i ../shared/data/dsb2018 --list data/splits/dsb2018_val.txt --ckpt best.pt
 
 LABELED_DIR holds images/ and labels/NAME_label.tiff. Writes a per-image CSV (the challenge
-columns plus modality, branch and seconds) and prints mean and median F1 overall and per modality.
+columns plus modality, branch, confidence and seconds; confidence is the mean foreground
+probability over pixels above 0.5, the input of the Omnipose routing rule) and prints mean and median F1 overall and per modality.
 Prediction is predict.py's code, scoring is compute_metric.py's.
 """
 import argparse
@@ -65,7 +66,8 @@ def score(files, labels: dict, records) -> tuple[pd.DataFrame, list[str]]:
         names.append(path.stem + "_label.tiff")
         results.append(match_instances(gt, labels[path.stem]))
         rec = by_name[path.stem]
-        extra.append({"modality": rec.modality, "branch": rec.branch, "seconds": rec.seconds})
+        extra.append({"modality": rec.modality, "branch": rec.branch, "confidence": rec.confidence,
+                      "seconds": rec.seconds})
     frame = results_to_frame(names, results)
     return pd.concat([frame, pd.DataFrame(extra)], axis=1), failures
 
@@ -99,7 +101,7 @@ def main(argv=None) -> int:
         frame.to_csv(tmp_csv, index=False)
     if len(frame):
         print_summary(frame)
-    LOGGER.info("per-image results in %s (columns: %s, modality, branch, seconds)", args.output,
+    LOGGER.info("per-image results in %s (columns: %s, modality, branch, confidence, seconds)", args.output,
                 ", ".join(RESULT_COLUMNS))
     return report_failures(summary)
 

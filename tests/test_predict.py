@@ -50,7 +50,9 @@ def test_evaluate_f1_equals_compute_metric(tmp_path, trained_ckpt, synthetic_dat
     run_script(["evaluate.py", "-i", root, "-o", tmp_path / "detail.csv", "--ckpt", trained_ckpt,
                 "--device", "cpu", "--save-dir", tmp_path / "pred", "--conf-thres", "0.001"])
     ev = pd.read_csv(tmp_path / "detail.csv").sort_values("names").reset_index(drop=True)
-    assert {"modality", "seconds", "F1", "correct_num(TP)"} <= set(ev.columns)
+    assert {"modality", "seconds", "F1", "correct_num(TP)", "confidence"} <= set(ev.columns)
+    conf = ev["confidence"]  # mean fg probability over pixels above 0.5: 0 (none) or (0.5, 1]
+    assert ((conf == 0) | ((conf > 0.5) & (conf <= 1))).all()
     run_script(["compute_metric.py", "-g", root / "labels", "-s", tmp_path / "pred", "--gt_suffix",
                 "_label.tiff", "-o", tmp_path, "-n", "cm"])
     cm = pd.read_csv(tmp_path / "cm-0.5.csv").sort_values("names").reset_index(drop=True)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from utils.engine import increment_path
+from utils.engine import increment_path, warmup_iters
 
 COMMON = ["--hyp", "data/hyps/hyp.labeled.yaml", "--img", "64", "--batch", "2", "--workers", "0",
           "--device", "cpu", "--seed", "3"]
@@ -89,3 +89,10 @@ def test_nan_loss_stops_without_touching_checkpoints(tmp_path, synthetic_data, r
     if last.exists():  # whatever was saved is finite
         ckpt = _weights(last)
         assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_warmup_is_capped_for_short_runs():
+    assert warmup_iters(3.0, 49, 40) == 147          # long run: warmup_epochs * batches
+    assert warmup_iters(3.0, 25, 20) == 100          # at least MIN_WARMUP_ITERS steps
+    assert warmup_iters(1.0, 4, 6) == 7              # 24 steps in all: at most 30% of them
+    assert warmup_iters(0.0, 49, 40) == -1           # no warm-up

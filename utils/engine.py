@@ -40,10 +40,22 @@ LOGGER = logging.getLogger(__name__)
 
 # Warm-up lasts at least this many optimizer steps, whatever warmup_epochs gives (YOLOv5 uses 100).
 MIN_WARMUP_ITERS = 100
+# ... but never more than this fraction of all steps. YOLOv5 has no cap: with 300 epochs it never
+# matters, but a weakly-stage run of 6 epochs x 4 batches stayed in warm-up (lr ~1e-5) throughout.
+WARMUP_MAX_FRACTION = 0.3
 # Multi-scale sizes are multiples of the network's largest stride.
 GRID = 32
 # Seconds between progress-bar lines when stderr is a file, not a terminal (keeps nohup logs readable).
 LOG_BAR_INTERVAL = 60.0
+
+
+def warmup_iters(warmup_epochs: float, nb: int, epochs: int) -> int:
+    """Warm-up length in optimizer steps (-1: none): ``warmup_epochs`` epochs of ``nb`` batches,
+    at least MIN_WARMUP_ITERS, and at most WARMUP_MAX_FRACTION of the whole run, so that a short
+    finetuning on a small set (e.g. 6 epochs of 4 batches) still reaches its learning rate."""
+    if warmup_epochs <= 0:
+        return -1
+    return min(max(round(warmup_epochs * nb), MIN_WARMUP_ITERS), int(WARMUP_MAX_FRACTION * epochs * nb))
 
 
 class TrainingDiverged(RuntimeError):
@@ -422,7 +434,7 @@ class Trainer:
         if info.is_main:
             self._write_run_files()
         nb = len(self.loader)
-        nw = max(round(self.hyp.warmup_epochs * nb), MIN_WARMUP_ITERS) if self.hyp.warmup_epochs > 0 else -1
+        nw = warmup_iters(self.hyp.warmup_epochs, nb, opt.epochs)
         stopper = EarlyStopping(opt.patience)
         LOGGER.info("training %s for %d epochs from epoch %d on %s, %d rank(s), batch %d per rank, "
                     "results in %s", self.task.kind, opt.epochs, self.start_epoch + 1, self.device,
