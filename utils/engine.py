@@ -424,7 +424,7 @@ class Trainer:
                 self.ema.update(self.model)
             for k, v in items.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-            bar.set_postfix({k: f"{v / (i + 1):.4f}" for k, v in sums.items()})
+            bar.set_postfix({k: f"{v / (i + 1):.4f}" for k, v in sums.items()}, refresh=False)
         return {f"train/{k}": v / max(nb, 1) for k, v in sums.items()}
 
     def train(self) -> Path:

@@ -125,7 +125,7 @@ def predict_files(files: list[Path], router, out_dir, save_overlay: bool = False
         summary.records.append(rec)
         if keep_labels:
             labels[path.stem] = label
-        bar.set_postfix(cells=rec.n_cells, branch=rec.branch)
+        bar.set_postfix(cells=rec.n_cells, branch=rec.branch, refresh=False)
     return summary, labels
 
 
