@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from utils.engine import increment_path, warmup_iters
+from utils.engine import increment_path, resize_batch, warmup_iters
 
 COMMON = ["--hyp", "data/hyps/hyp.labeled.yaml", "--img", "64", "--batch", "2", "--workers", "0",
           "--device", "cpu", "--seed", "3"]
@@ -96,3 +96,18 @@ def test_warmup_is_capped_for_short_runs():
     assert warmup_iters(3.0, 25, 20) == 100          # at least MIN_WARMUP_ITERS steps
     assert warmup_iters(1.0, 4, 6) == 7              # 24 steps in all: at most 30% of them
     assert warmup_iters(0.0, 49, 40) == -1           # no warm-up
+
+
+def test_multiscale_resize_keeps_boxes_on_their_cells():
+    img = torch.zeros((2, 3, 64, 64), dtype=torch.uint8)
+    img[1, :, 8:24, 16:40] = 255
+    fg = (img[:, 0] > 0).float()
+    batch = {"img": img.float() / 255, "fg": fg, "height": fg * 0.5, "weight": torch.ones(2),
+             "targets": torch.tensor([[1.0, 16, 8, 40, 24]])}
+    out = resize_batch(batch, 128, map_keys=("height",))
+    assert out["img"].shape == (2, 3, 128, 128) and out["fg"].shape == (2, 128, 128)
+    torch.testing.assert_close(out["targets"], torch.tensor([[1.0, 32, 16, 80, 48]]))
+    ys, xs = torch.nonzero(out["fg"][1] > 0, as_tuple=True)  # nearest: still exactly 0/1
+    assert set(out["fg"].unique().tolist()) == {0.0, 1.0}
+    assert (xs.min(), xs.max() + 1, ys.min(), ys.max() + 1) == (32, 80, 16, 48)
+    assert out["weight"] is batch["weight"] and batch["img"].shape[-1] == 64  # input untouched
