@@ -33,15 +33,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from models.awf import AWF
+from models.loading import load_model
+from utils.inference import AWFSegmenter, InferenceParams, pad_to_stride
+from utils.io import load_image, normalize_image
+from utils.nms import non_max_suppression
+from utils.synthetic import make_sample
+from utils.watershed import postprocess
 
-from models.awf import AWF  # noqa: E402
-from models.loading import load_model  # noqa: E402
-from utils.inference import AWFSegmenter, InferenceParams, pad_to_stride  # noqa: E402
-from utils.io import load_image, normalize_image  # noqa: E402
-from utils.nms import non_max_suppression  # noqa: E402
-from utils.synthetic import make_sample  # noqa: E402
-from utils.watershed import postprocess  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 OUT_JSON = REPO / "benchmarks" / "out" / "bench_predict.json"
 # Synthetic benchmark cells: largest extent range in pixels (nuclei-like at 40x)
