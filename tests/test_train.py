@@ -111,3 +111,21 @@ def test_multiscale_resize_keeps_boxes_on_their_cells():
     assert set(out["fg"].unique().tolist()) == {0.0, 1.0}
     assert (xs.min(), xs.max() + 1, ys.min(), ys.max() + 1) == (32, 80, 16, 48)
     assert out["weight"] is batch["weight"] and batch["img"].shape[-1] == 64  # input untouched
+
+
+def test_multiscale_scales_omnipose_distances_with_the_image():
+    import cv2
+    import numpy as np
+    from utils.flows import TARGET_CHANNELS, label_to_tensor
+    from utils.tasks import OmniposeTask
+    label = np.zeros((64, 64), np.int32)
+    cv2.circle(label, (32, 32), 12, 1, -1)
+    big = cv2.resize(label, (128, 128), interpolation=cv2.INTER_NEAREST)
+    d = TARGET_CHANNELS.index("dist")
+    batch = {"img": torch.zeros((1, 3, 64, 64)), "omni": label_to_tensor(label)[None]}
+    task = OmniposeTask.__new__(OmniposeTask)  # the hook needs no options
+    out = task.rescale_targets(resize_batch(batch, 128, task.batch_size_keys()), 2.0)
+    want = label_to_tensor(big)[d]
+    assert abs(float(out["omni"][0, d].max()) - float(want.max())) < 0.1 * float(want.max())
+    assert float(out["omni"][0, d].min()) == float(want.min())  # background value unchanged
+    assert float(batch["omni"][0, d].max()) < 0.6 * float(want.max())  # input untouched

@@ -124,6 +124,11 @@ class Task(ABC):
         """Batch entries resized with the images by multi-scale training (bilinear maps)."""
         return ()
 
+    def rescale_targets(self, batch: dict, s: float) -> dict:
+        """Hook after a multi-scale resize by ``s``: map values in pixels scale with the image
+        (boxes are scaled by :func:`resize_batch`; the AWF's height map is scale-free)."""
+        return batch
+
 
 class ModelEMA:
     """Exponential moving average of the weights (YOLOv5's ramped decay)."""
@@ -378,7 +383,10 @@ class Trainer:
         m = self.hyp.multiscale
         lo, hi = self.opt.img * (1 - m), self.opt.img * (1 + m)
         size = max(GRID, int(random.uniform(lo, hi) // GRID * GRID))
-        return resize_batch(batch, size, self.task.batch_size_keys())
+        old = batch["img"].shape[-1]
+        if size == old:
+            return batch
+        return self.task.rescale_targets(resize_batch(batch, size, self.task.batch_size_keys()), size / old)
 
     def _to_device(self, batch: dict) -> dict:
         nb = self.device.type == "cuda"

@@ -21,7 +21,7 @@ from utils.autoanchor import check_anchors
 from utils.config import from_dict, load_data_config
 from utils.dataset import CellDataset, DatasetCache, collate_fn, dataset_boxes, resolve_split
 from utils.engine import Task, TrainOptions
-from utils.flows import label_to_tensor
+from utils.flows import TARGET_CHANNELS, label_to_tensor
 from utils.inference import AWFSegmenter, OmniposeSegmenter
 from utils.io import InputError
 from utils.loss import AWFLoss, AWFLossGains, OmniposeLoss, OmniposeLossGains
@@ -161,6 +161,9 @@ class WeaklyTask(AWFTask):
         return labelled + kept
 
 
+DIST_CHANNEL = TARGET_CHANNELS.index("dist")
+
+
 def omnipose_targets(label: np.ndarray) -> dict:
     """Dataset target_fn of the Omnipose task: {'omni': (4, S, S) float32} (utils.flows)."""
     return {"omni": label_to_tensor(label).numpy()}
@@ -186,6 +189,13 @@ class OmniposeTask(SegmentationTask):
 
     def batch_size_keys(self) -> tuple[str, ...]:
         return ("omni",)
+
+    def rescale_targets(self, batch: dict, s: float) -> dict:
+        """The distance channel is in pixels: its cell values scale by ``s`` (background stays)."""
+        omni = batch["omni"].clone()
+        dist = omni[:, DIST_CHANNEL]
+        omni[:, DIST_CHANNEL] = torch.where(dist > 0, dist * s, dist)
+        return {**batch, "omni": omni}
 
     def segmenter(self, model: nn.Module, device: torch.device):
         return OmniposeSegmenter(model, device)
