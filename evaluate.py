@@ -5,7 +5,8 @@
 
 LABELED_DIR holds images/ and labels/NAME_label.tiff. Writes a per-image CSV (the challenge
 columns plus modality, branch, confidence and seconds; confidence is the mean foreground
-probability over pixels above 0.5, the input of the Omnipose routing rule) and prints mean and median F1 overall and per modality.
+probability over pixels above 0.5, the input of the Omnipose routing rule) and prints the mean
+and median F1 overall and per modality.
 Prediction is predict.py's code, scoring is compute_metric.py's.
 """
 import argparse
@@ -101,8 +102,8 @@ def main(argv=None) -> int:
         frame.to_csv(tmp_csv, index=False)
     if len(frame):
         print_summary(frame)
-    LOGGER.info("per-image results in %s (columns: %s, modality, branch, confidence, seconds)", args.output,
-                ", ".join(RESULT_COLUMNS))
+    LOGGER.info("per-image results in %s (columns: %s, modality, branch, confidence, seconds)",
+                args.output, ", ".join(RESULT_COLUMNS))
     return report_failures(summary)
 
 
