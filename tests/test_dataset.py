@@ -14,7 +14,7 @@ from utils import io as uio
 from utils.augment import relabel_consecutive
 from utils.boxes import label_to_boxes
 from utils.config import DataConfig, Hyp
-from utils.dataset import (CellDataset, DatasetCache, build_dataloader, collate_fn,
+from utils.dataset import (CellDataset, DatasetCache, build_dataloader, collate_fn, max_workers,
                            dataset_boxes, resolve_split)
 from utils.synthetic import write_dataset
 
@@ -254,3 +254,9 @@ def test_loader_reproducible_across_workers(cache):
     for other in runs[1:]:
         for (p0, i0, t0), (p1, i1, t1) in zip(runs[0], other):
             assert p0 == p1 and torch.equal(i0, i1) and torch.equal(t0, t1)
+
+
+def test_workers_capped_at_cores(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert max_workers(8) == 4 and max_workers(8, world_size=2) == 2 and max_workers(1) == 1
+    assert max_workers(8, world_size=8) == 0

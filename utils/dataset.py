@@ -713,6 +713,11 @@ def seed_worker(worker_id: int) -> None:
     cv2.setNumThreads(0)  # workers are the parallelism; OpenCV threads would oversubscribe cores
 
 
+def max_workers(workers: int, world_size: int = 1) -> int:
+    """``workers`` capped at ``cpu_count // world_size`` (at least 0)."""
+    return max(0, min(workers, (os.cpu_count() or 1) // max(world_size, 1)))
+
+
 def build_dataloader(dataset: Dataset, batch_size: int, workers: int, shuffle: bool, rank: int = -1,
                      world_size: int = 1, seed: int = 0, collate_fn=collate_fn):
     """``(DataLoader, DistributedSampler or None)`` for ``dataset``.
@@ -723,8 +728,10 @@ def build_dataloader(dataset: Dataset, batch_size: int, workers: int, shuffle: b
     per epoch for exact resume). It is not the DataLoader's own generator: the DataLoader draws
     worker base seeds from that one once per iterator, i.e. once per run with persistent workers
     but once per epoch without, which would shift the sample seeds of a resumed run.
-    pin_memory when CUDA is available; persistent workers when workers > 0.
+    pin_memory when CUDA is available; persistent workers when workers > 0. ``workers`` is capped
+    at this rank's share of the CPU cores (YOLOv5's rule): more workers than cores only cost RAM.
     """
+    workers = max_workers(workers, world_size)
     generator = torch.Generator()
     generator.manual_seed(seed + max(rank, 0))
     dist_sampler = None
