@@ -4,8 +4,9 @@
     python evaluate.py -i ../shared/data/dsb2018 --list data/splits/dsb2018_val.txt --ckpt best.pt
 
 LABELED_DIR holds images/ and labels/NAME_label.tiff. Writes a per-image CSV (the challenge
-columns plus modality, branch, confidence and seconds; confidence is the mean foreground
-probability over pixels above 0.5, the input of the Omnipose routing rule) and prints the mean
+columns plus modality, branch, confidence, diameter and seconds; confidence is the mean foreground
+probability over pixels above 0.5 and diameter the median cell diameter in pixels, the inputs of
+the Omnipose routing rule) and prints the mean
 and median F1 overall and per modality.
 Prediction is predict.py's code, scoring is compute_metric.py's.
 """
@@ -68,7 +69,7 @@ def score(files, labels: dict, records) -> tuple[pd.DataFrame, list[str]]:
         results.append(match_instances(gt, labels[path.stem]))
         rec = by_name[path.stem]
         extra.append({"modality": rec.modality, "branch": rec.branch, "confidence": rec.confidence,
-                      "seconds": rec.seconds})
+                      "diameter": rec.diameter, "seconds": rec.seconds})
     frame = results_to_frame(names, results)
     return pd.concat([frame, pd.DataFrame(extra)], axis=1), failures
 
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
         frame.to_csv(tmp_csv, index=False)
     if len(frame):
         print_summary(frame)
-    LOGGER.info("per-image results in %s (columns: %s, modality, branch, confidence, seconds)",
+    LOGGER.info("per-image results in %s (columns: %s, modality, branch, confidence, diameter, seconds)",
                 args.output, ", ".join(RESULT_COLUMNS))
     return report_failures(summary)
 

@@ -5,61 +5,97 @@ Omnipose checkpoint (``--ckpt``), then:
 
     python -m benchmarks.omni_rule AWF.csv OMNI.csv [--modalities gs]
 
-For each modality it prints the mean F1 of AWF alone, Omnipose alone, the per-image oracle (the
-better of the two), and the rule ``prefer Omnipose if awf_conf < below or omni_conf > awf_conf +
-margin`` for the original framework's values and a grid of others (confidence = the CSV's
-``confidence`` column: mean foreground probability over pixels above 0.5).
+The rule (utils.routing.OmniRule) takes Omnipose's mask when ``awf_conf < below``, or
+``omni_conf > awf_conf + margin``, or ``omni_diameter > awf_diameter * ratio`` (confidence and
+diameter are the CSV columns of the same names). For each modality and overall it prints the
+mean F1 of AWF alone, Omnipose alone, the per-image oracle (the better of the two), the rule
+with the routing YAML's values, the best rule of a grid (in-sample: tuned on the images it is
+scored on, so optimistic), and the leave-one-out F1: each image routed by the grid rule tuned
+on all the other images, the honest estimate for images the rule has not seen. Also how many of
+the images where Omnipose is better the best rule sends to Omnipose, and how many worse ones.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
+import math
 
+import numpy as np
 import pandas as pd
 
-from utils.routing import OmniRule
+from utils.routing import OmniRule, load_routing
 
-BELOW = (0.0, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 1.01)  # 0: never by the first test, 1.01: always
-MARGIN = (-1.0, 0.0, 0.05, 0.1, 0.2, 1.0)            # -1: always by the second test, 1: never
+# Grid of (awf_conf_below, omni_margin, diameter_ratio_above). The first entry never switches,
+# so ties go to AWF alone; 1.01 / -1.0 / 0.0 switch always by one test.
+BELOW = (0.0, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 1.01)
+MARGIN = (1.0, 0.1, 0.05, 0.0, -1.0)
+RATIO = (math.inf, 1.5, 1.25, 1.15, 1.1, 1.05, 1.025, 1.0, 0.0)
+GRID = list(itertools.product(BELOW, MARGIN, RATIO))
 
 
 def merge(awf_csv: str, omni_csv: str) -> pd.DataFrame:
-    """One row per image: modality, F1 and confidence of both branches."""
-    cols = ["names", "modality", "F1", "confidence"]
-    a = pd.read_csv(awf_csv)[cols]
-    o = pd.read_csv(omni_csv)[cols].drop(columns="modality")
-    return a.merge(o, on="names", suffixes=("_awf", "_omni"))
+    """One row per image: modality, and F1, confidence and diameter of both branches."""
+    cols = ["names", "modality", "F1", "confidence", "diameter"]
+    a = pd.read_csv(awf_csv)
+    o = pd.read_csv(omni_csv)
+    missing = [c for c in cols if c not in a or c not in o]
+    if missing:
+        raise SystemExit(f"column(s) {missing} missing: rerun evaluate.py (it writes them)")
+    return a[cols].merge(o[cols].drop(columns="modality"), on="names", suffixes=("_awf", "_omni"))
 
 
-def rule_f1(frame: pd.DataFrame, rule: OmniRule) -> float:
-    """Mean F1 when each image takes the branch the rule picks."""
-    take = [rule.prefer_omnipose(a, o) for a, o in zip(frame["confidence_awf"], frame["confidence_omni"])]
-    return float(frame["F1_omni"].where(take, frame["F1_awf"]).mean())
+def takes(frame: pd.DataFrame, rule: OmniRule) -> np.ndarray:
+    """``(N,) bool``: the images the rule sends to Omnipose."""
+    cols = ["confidence_awf", "confidence_omni", "diameter_awf", "diameter_omni"]
+    return np.asarray(rule.prefer_omnipose(*(frame[c].to_numpy() for c in cols)), bool)
 
 
-def report(frame: pd.DataFrame, name: str) -> None:
-    default = OmniRule()
-    best = max(itertools.product(BELOW, MARGIN),
-               key=lambda bm: rule_f1(frame, OmniRule(awf_conf_below=bm[0], omni_margin=bm[1])))
+def grid_scores(frame: pd.DataFrame) -> np.ndarray:
+    """``(len(GRID), N)``: each image's F1 under each grid rule."""
+    a, o = frame["F1_awf"].to_numpy(), frame["F1_omni"].to_numpy()
+    rules = (OmniRule(awf_conf_below=b, omni_margin=m, diameter_ratio_above=r) for b, m, r in GRID)
+    return np.stack([np.where(takes(frame, rule), o, a) for rule in rules])
+
+
+def leave_one_out(scores: np.ndarray) -> float:
+    """Mean F1 when each image is routed by the grid rule best on all the other images."""
+    rest = scores.sum(axis=1, keepdims=True) - scores   # (rules, N): total without image i
+    best = rest.argmax(axis=0)                          # first maximum: ties keep AWF alone
+    return float(scores[best, np.arange(scores.shape[1])].mean())
+
+
+def report(frame: pd.DataFrame, name: str, configured: OmniRule) -> None:
+    scores = grid_scores(frame)
+    best = int(scores.sum(axis=1).argmax())
+    b, m, r = GRID[best]
+    sent = takes(frame, OmniRule(awf_conf_below=b, omni_margin=m, diameter_ratio_above=r))
+    better = (frame["F1_omni"] > frame["F1_awf"]).to_numpy()
+    worse = (frame["F1_omni"] < frame["F1_awf"]).to_numpy()
+    applies = frame["modality"].isin(configured.modalities).to_numpy() & configured.enabled
+    configured_f1 = np.where(applies & takes(frame, configured), frame["F1_omni"], frame["F1_awf"]).mean()
     oracle = frame[["F1_awf", "F1_omni"]].max(axis=1).mean()
-    print(f"{name:<6} n={len(frame):<4} AWF {frame['F1_awf'].mean():.4f}  Omnipose "
-          f"{frame['F1_omni'].mean():.4f}  oracle {oracle:.4f}  rule({default.awf_conf_below}, "
-          f"{default.omni_margin}) {rule_f1(frame, default):.4f}  best grid rule{best} "
-          f"{rule_f1(frame, OmniRule(awf_conf_below=best[0], omni_margin=best[1])):.4f}  "
-          f"Omnipose better on {(frame['F1_omni'] > frame['F1_awf']).sum()} image(s)")
+    print(f"{name:<4} n={len(frame):<3} AWF {frame['F1_awf'].mean():.4f}  Omnipose "
+          f"{frame['F1_omni'].mean():.4f}  oracle {oracle:.4f}  configured rule {configured_f1:.4f}  "
+          f"best grid rule (below {b}, margin {m}, ratio {r}) {scores[best].mean():.4f} in-sample, "
+          f"leave-one-out {leave_one_out(scores):.4f}; it sends {int((sent & better).sum())} of "
+          f"{int(better.sum())} better image(s) and {int((sent & worse).sum())} of {int(worse.sum())} "
+          "worse one(s) to Omnipose")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("awf_csv")
     ap.add_argument("omni_csv")
+    ap.add_argument("--routing", default="data/routing.yaml", help="the configured rule to score")
     ap.add_argument("--modalities", nargs="+", default=None, help="default: every modality")
     args = ap.parse_args(argv)
     frame = merge(args.awf_csv, args.omni_csv)
+    configured = load_routing(args.routing).omni_rule
+    if args.modalities:
+        frame = frame[frame["modality"].isin(args.modalities)]
     for m, g in frame.groupby("modality"):
-        if args.modalities is None or m in args.modalities:
-            report(g, m)
-    report(frame, "all")
+        report(g, m, configured)
+    report(frame, "all", configured)
     return 0
 
 

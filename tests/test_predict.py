@@ -98,6 +98,48 @@ def test_routing_yaml_and_omni_rule():
     assert rule.prefer_omnipose(awf_conf=0.7, omni_conf=0.1)      # AWF unsure
     assert rule.prefer_omnipose(awf_conf=0.85, omni_conf=0.91)    # Omnipose clearly surer
     assert not rule.prefer_omnipose(awf_conf=0.85, omni_conf=0.88)
+    assert not rule.prefer_omnipose(0.85, 0.88, awf_diameter=10, omni_diameter=50)  # off: .inf
+    size = OmniRule(awf_conf_below=0.0, omni_margin=1.0, diameter_ratio_above=1.1)
+    assert size.prefer_omnipose(0.9, 0.9, awf_diameter=10, omni_diameter=11.5)
+    assert not size.prefer_omnipose(0.9, 0.9, awf_diameter=10, omni_diameter=10.5)
+    assert not size.prefer_omnipose(0.9, 0.9, awf_diameter=0, omni_diameter=10)  # AWF found none
+    many = size.prefer_omnipose(np.full(3, 0.9), np.full(3, 0.9), np.array([10, 10, 0]),
+                                np.array([12, 10, 5]))  # one entry per image
+    assert many.tolist() == [True, False, False]
+
+
+class _FixedSegmenter:
+    def __init__(self, label, conf):
+        self.label, self.conf = label, conf
+
+    def segment(self, image):
+        from utils.inference import median_diameter
+        return self.label, {"fg_conf": self.conf, "diameter": median_diameter(self.label),
+                            "n_cells": int(self.label.max())}
+
+
+def test_router_applies_the_omni_rule_per_modality(tmp_path, monkeypatch):
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    for name in ("general.pt", "omnipose.pt"):
+        (ckpts / name).write_bytes(b"")  # never loaded: the segmenters are stand-ins
+    split = np.zeros((64, 64), np.int32)
+    split[10:30, 10:20], split[10:30, 20:30] = 1, 2   # the AWF cut one 20x20 cell in two
+    whole = (split > 0).astype(np.int32)              # Omnipose kept it whole
+    fake = {"general": _FixedSegmenter(split, 0.9), "omnipose": _FixedSegmenter(whole, 0.9)}
+    raw = np.full((64, 64, 1), 5, np.uint8)
+    raw[10:30, 10:30] = 200                           # fluorescence
+    image = np.repeat(raw, 3, axis=2)
+    for modalities, ratio, branch in ((["fl"], 1.1, "omnipose"), (["fl"], 1.5, "general"),
+                                      (["gs"], 1.1, "general")):
+        rule = OmniRule(modalities=modalities, awf_conf_below=0.0, omni_margin=1.0,
+                        diameter_ratio_above=ratio)   # sqrt(2) = 1.41 times the diameter
+        router = Router(RoutingConfig(ckpt_dir="ckpts", omni_rule=rule), torch.device("cpu"),
+                        base_dir=tmp_path)
+        monkeypatch.setattr(router, "segmenter", lambda path, modality: fake[path.stem])
+        label, info = router.segment(raw, image)
+        assert info["modality"] == "fl" and info["branch"] == branch
+        assert label.max() == (1 if branch == "omnipose" else 2)
 
 
 class _BlobModel(torch.nn.Module):
@@ -133,3 +175,20 @@ def test_flip_tta_maps_boxes_and_maps_back_to_the_image():
     np.testing.assert_allclose(ht, ht0, atol=1e-6)
     det, _, _ = tta.predict_maps(image)
     np.testing.assert_allclose(det[:, :4], [[60, 5, 84, 20]], atol=1e-4)  # one box after NMS
+
+
+def test_median_diameter_is_the_equal_area_circle_of_the_median_cell():
+    from utils.inference import median_diameter
+    label = np.zeros((64, 64), np.uint16)
+    label[0:10, 0:10], label[20:40, 20:40], label[40:64, 40:64] = 1, 5, 9  # ids need not be consecutive
+    assert median_diameter(label) == pytest.approx(np.sqrt(4 * 400 / np.pi))
+    assert median_diameter(np.zeros((8, 8), np.int32)) == 0.0
+
+
+def test_omni_rule_leave_one_out_scores_each_image_with_a_rule_tuned_without_it():
+    from benchmarks.omni_rule import leave_one_out
+    scores = np.array([[0.5, 0.5, 0.5],      # rule 0: AWF alone
+                       [1.0, 0.45, 0.45]])   # rule 1: best in-sample only thanks to image 0
+    assert scores.sum(axis=1).argmax() == 1
+    assert leave_one_out(scores) == pytest.approx((0.5 + 0.45 + 0.45) / 3)
+    assert leave_one_out(np.array([[0.5, 0.5], [0.5, 0.5]])) == 0.5  # ties keep rule 0

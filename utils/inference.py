@@ -28,6 +28,14 @@ STRIDE = 32
 FG_CONF_THRESHOLD = 0.5
 
 
+def median_diameter(label: np.ndarray) -> float:
+    """Median cell diameter of an instance label ``(H, W)``, in pixels: the diameter of the circle
+    whose area is the median instance area (Cellpose's size convention); 0 without instances."""
+    area = np.bincount(label.ravel().astype(np.int64, copy=False))[1:]
+    area = area[area > 0]
+    return float(np.sqrt(4.0 * np.median(area) / np.pi)) if area.size else 0.0
+
+
 @dataclass
 class InferenceParams:
     """Detection and tiling settings of one branch (per-modality defaults live in the routing YAML)."""
@@ -157,7 +165,8 @@ class AWFSegmenter(Segmenter):
 
         ``info``: ``fg_conf`` mean foreground probability over pixels above 0.5 (the Omnipose
         routing rule's input and the pseudo-label confidence), ``det_conf`` mean detection score,
-        ``n_det`` detections kept, ``n_cells`` instances, ``fg`` the foreground probability
+        ``n_det`` detections kept, ``n_cells`` instances, ``diameter`` the median cell diameter
+        (pixels, :func:`median_diameter`), ``fg`` the foreground probability
         ``(H, W) float32`` at the input resolution (pseudo-label ignore masks), or None when the
         image was segmented in chunks (larger than ``max_full_size`` after scaling: a whole-slide
         map would not fit in memory).
@@ -183,7 +192,8 @@ class AWFSegmenter(Segmenter):
             label = label[np.ix_(yi, xi)]
         info = {"fg_conf": stats["fg_sum"] / max(stats["fg_count"], 1),
                 "det_conf": stats["det_score_sum"] / max(stats["n_det"], 1),
-                "n_det": stats["n_det"], "n_cells": int(label.max(initial=0)), "fg": fg}
+                "n_det": stats["n_det"], "n_cells": int(label.max(initial=0)),
+                "diameter": median_diameter(label), "fg": fg}
         return label, info
 
 
@@ -226,7 +236,7 @@ class OmniposeSegmenter(Segmenter):
                                  device=self.device)
 
     def segment(self, image: np.ndarray) -> tuple[np.ndarray, dict]:
-        """Network image -> (label (H, W), info with fg_conf and n_cells)."""
+        """Network image -> (label (H, W), info with fg_conf, n_cells and diameter)."""
         p, stats = self.params, {"fg_sum": 0.0, "fg_count": 0}
         if max(image.shape[:2]) <= p.max_full_size:
             label = self._segment_region(image, stats)
@@ -234,4 +244,4 @@ class OmniposeSegmenter(Segmenter):
             label = segment_chunked(image, lambda im: self._segment_region(im, stats),
                                     chunk=p.chunk, margin=p.margin, progress=True)
         return label, {"fg_conf": stats["fg_sum"] / max(stats["fg_count"], 1),
-                       "n_cells": int(label.max(initial=0))}
+                       "n_cells": int(label.max(initial=0)), "diameter": median_diameter(label)}

@@ -6,13 +6,14 @@ The routing YAML (data/routing.yaml) replaces the original framework's edits of 
     model_dict: {bf: general.pt, gs: grayscale.pt, fl: fl.pt, omni: omnipose.pt}
     general: bf                       # the branch a missing file falls back to
     postprocess: {bf: {conf_thres: 0.10, iou_thres: 0.25}, ...}
-    omni_rule: {modalities: [gs], awf_conf_below: 0.8, omni_margin: 0.05}
+    omni_rule: {modalities: [gs], awf_conf_below: 0.8, omni_margin: 0.05, diameter_ratio_above: .inf}
 
 Each checkpoint is loaded once per run, on first use.
 """
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -39,19 +40,29 @@ class BranchSettings:
 
 @dataclass
 class OmniRule:
-    """When Omnipose's mask replaces the AWF's (the original framework's rule).
+    """When Omnipose's mask replaces the AWF's.
 
     For images of ``modalities`` both branches run; Omnipose wins when the AWF's mean foreground
-    confidence is under ``awf_conf_below`` or Omnipose's is higher by more than ``omni_margin``.
+    confidence is under ``awf_conf_below``, or Omnipose's is higher by more than ``omni_margin``
+    (the original framework's two tests), or Omnipose's median cell diameter is more than
+    ``diameter_ratio_above`` times the AWF's (this project's test: the AWF split cells that
+    Omnipose keeps whole; ``.inf`` = off). Measure a setting with ``benchmarks/omni_rule.py``.
     """
 
     enabled: bool = True
     modalities: list[str] = field(default_factory=lambda: ["gs"])
     awf_conf_below: float = 0.8
     omni_margin: float = 0.05
+    diameter_ratio_above: float = math.inf
 
-    def prefer_omnipose(self, awf_conf: float, omni_conf: float) -> bool:
-        return awf_conf < self.awf_conf_below or omni_conf > awf_conf + self.omni_margin
+    def prefer_omnipose(self, awf_conf, omni_conf, awf_diameter=0.0, omni_diameter=0.0):
+        """Confidences: mean foreground probability over pixels above 0.5; diameters: median cell
+        diameter in pixels (:func:`utils.inference.median_diameter`, 0 = no cell). Scalars give a
+        bool, equal-shape arrays (one entry per image) a bool array."""
+        awf_d, omni_d = np.asarray(awf_diameter, float), np.asarray(omni_diameter, float)
+        larger = (awf_d > 0) & (omni_d / np.maximum(awf_d, 1e-9) > self.diameter_ratio_above)
+        return (np.asarray(awf_conf) < self.awf_conf_below) \
+            | (np.asarray(omni_conf) > np.asarray(awf_conf) + self.omni_margin) | larger
 
 
 @dataclass
@@ -159,7 +170,8 @@ class Router:
         omni = None if self.ckpt else self.branch_path("omni")
         if omni is not None and rule.enabled and modality in rule.modalities:
             omni_label, omni_info = self.segmenter(omni, modality).segment(image)
-            if rule.prefer_omnipose(info["fg_conf"], omni_info["fg_conf"]):
+            if rule.prefer_omnipose(info["fg_conf"], omni_info["fg_conf"], info["diameter"],
+                                    omni_info["diameter"]):
                 label, info = omni_label, {**omni_info, "modality": modality, "branch": omni.stem}
         return label, info
 

@@ -40,6 +40,7 @@ class PredictionRecord:
     branch: str = ""
     n_cells: int = 0
     confidence: float = 0.0       # mean foreground probability over pixels above 0.5
+    diameter: float = 0.0         # median cell diameter, pixels (utils.inference.median_diameter)
     seconds: float = 0.0
     label_path: str = ""
     image: str = ""               # the source image, relative to the output folder when possible
@@ -120,6 +121,7 @@ def predict_files(files: list[Path], router, out_dir, save_overlay: bool = False
         rec = PredictionRecord(name=path.stem, modality=info.get("modality", ""),
                                branch=info.get("branch", ""), n_cells=int(info.get("n_cells", 0)),
                                confidence=round(float(info.get("fg_conf", 0.0)), 4),
+                               diameter=round(float(info.get("diameter", 0.0)), 2),
                                seconds=round(time.time() - t0, 3), label_path=str(label_path),
                                image=_relative(path, out_dir))
         summary.records.append(rec)
