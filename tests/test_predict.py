@@ -192,3 +192,14 @@ def test_omni_rule_leave_one_out_scores_each_image_with_a_rule_tuned_without_it(
     assert scores.sum(axis=1).argmax() == 1
     assert leave_one_out(scores) == pytest.approx((0.5 + 0.45 + 0.45) / 3)
     assert leave_one_out(np.array([[0.5, 0.5], [0.5, 0.5]])) == 0.5  # ties keep rule 0
+
+
+def test_median_diameter_over_row_blocks_equals_one_pass(monkeypatch):
+    import utils.inference as inf
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 40, size=(97, 53)).astype(np.uint32)
+    whole = inf.median_diameter(label)
+    monkeypatch.setattr(inf, "DIAMETER_BLOCK_PIXELS", 200)  # 3 rows per block, a partial last one
+    assert inf.median_diameter(label) == whole
+    area = np.bincount(label.ravel().astype(np.int64))[1:]
+    assert whole == pytest.approx(np.sqrt(4 * np.median(area) / np.pi))

@@ -26,13 +26,20 @@ LOGGER = logging.getLogger(__name__)
 STRIDE = 32
 # Foreground confidence is averaged over pixels above this probability (the original framework's rule).
 FG_CONF_THRESHOLD = 0.5
+# median_diameter counts areas over row blocks of about this many pixels (a whole-slide label as
+# one int64 copy would cost 8 bytes a pixel; this project's choice)
+DIAMETER_BLOCK_PIXELS = 1 << 22
 
 
 def median_diameter(label: np.ndarray) -> float:
     """Median cell diameter of an instance label ``(H, W)``, in pixels: the diameter of the circle
     whose area is the median instance area (Cellpose's size convention); 0 without instances."""
-    area = np.bincount(label.ravel().astype(np.int64, copy=False))[1:]
-    area = area[area > 0]
+    n = int(label.max(initial=0)) + 1
+    area = np.zeros(n, np.int64)
+    step = max(1, DIAMETER_BLOCK_PIXELS // max(label.shape[1], 1))
+    for top in range(0, label.shape[0], step):  # row blocks: bincount's int64 copy stays small
+        area += np.bincount(label[top:top + step].ravel(), minlength=n)
+    area = area[1:][area[1:] > 0]
     return float(np.sqrt(4.0 * np.median(area) / np.pi)) if area.size else 0.0
 
 
