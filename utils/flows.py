@@ -43,6 +43,7 @@ from scipy import ndimage
 from skimage.filters import apply_hysteresis_threshold
 
 from utils.targets import instance_edt
+from utils.watershed import remove_small_and_relabel  # the one relabelling of both branches
 
 LOGGER = logging.getLogger(__name__)
 
@@ -470,16 +471,6 @@ def fill_holes(label: np.ndarray) -> np.ndarray:
     owner[keys[single] // m] = keys[single] % m
     out.ravel()[hole] = owner[region]
     return out
-
-
-def remove_small_and_relabel(label: np.ndarray, min_size: int = MIN_SIZE) -> np.ndarray:
-    """Drop masks with fewer than ``min_size`` pixels, renumber the rest 1..n; (H, W) int32."""
-    area = np.bincount(label.ravel())
-    keep = area >= min_size
-    keep[0] = False
-    lut = np.zeros(area.size, np.int32)
-    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[label]
 
 
 def reconstruct_masks(flow: np.ndarray, dist: np.ndarray, fg_threshold: float = FG_THRESHOLD,
