@@ -22,14 +22,12 @@ import torch
 
 from models.awf import AWF, AWFConfig
 from utils.loss import AWFLoss
+from utils.precision import cpu_native_bf16
 
 
 def native_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 / AMX); else autocast emulates it."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    """Whether this CPU runs bf16 natively (utils.precision's check); else autocast emulates it."""
+    return cpu_native_bf16()[0]
 
 
 def timed(fn, repeat: int, warmup: int = 1) -> float:

@@ -9,10 +9,11 @@
    fluorescence image, or ``--image`` cropped / tiled to S x S) goes through the pipeline of
    utils/inference.py step by step: forward (padding, network, box decoding, sigmoid), NMS,
    post-processing (utils/watershed.py), and ``AWFSegmenter.segment`` end to end (total).
-   Median milliseconds over ``--repeats`` runs after one warm-up, batch 1, fp32.
+   Median milliseconds over ``--repeats`` runs after one warm-up, batch 1, for each ``--amp``
+   policy side by side (default: fp32 and utils.precision's auto choice for this machine).
 2. ``--wsi``: ``AWFSegmenter.segment`` on a ``--wsi-size`` square RGB image (the synthetic
    1024 image tiled), i.e. the chunked path; wall time and peak RSS (``resource.getrusage``),
-   measured in a child process so that the RSS is that run's own.
+   measured in a child process per policy so that the RSS is that run's own.
 
 Post-processing time grows with the number of detections: a random-init model keeps none at
 the default threshold (use ``--conf-thres 0.01`` for a worst case with ``max_det`` boxes) and
@@ -38,6 +39,7 @@ from models.loading import load_model
 from utils.inference import AWFSegmenter, InferenceParams, pad_to_stride
 from utils.io import load_image, normalize_image
 from utils.nms import non_max_suppression
+from utils.precision import MODES, resolve_precision
 from utils.synthetic import make_sample
 from utils.watershed import postprocess
 
@@ -75,20 +77,23 @@ def bench_image(size: int, image_path: str | None = None) -> np.ndarray:
     return normalize_image(raw)
 
 
-def forward(model, x: torch.Tensor):
-    """The pipeline's forward step: ``x (1, 3, H, W)`` -> (decoded (1, N, 5), fg (H, W), height (H, W))."""
+def forward(seg: AWFSegmenter, x: torch.Tensor):
+    """The pipeline's forward step under the segmenter's precision: ``x (1, 3, H, W)`` ->
+    (decoded (1, N, 5), fg (H, W), height (H, W)), fp32 outputs."""
     with torch.no_grad():
         xp, (h, w) = pad_to_stride(x)
-        out = model(xp)
-        pred = model.decode(out["det"])
-        return pred, torch.sigmoid(out["fg"][0, 0, :h, :w]), out["height"][0, 0, :h, :w]
+        with seg.precision.autocast():
+            out = seg.model(seg.precision.input(xp))
+            pred = seg.model.decode(out["det"])
+        return (pred.float(), torch.sigmoid(out["fg"][0, 0, :h, :w].float()),
+                out["height"][0, 0, :h, :w].float())
 
 
 def bench_size(seg: AWFSegmenter, image: np.ndarray, repeats: int) -> dict:
     """Median ms of forward / NMS / post-processing / segment() on one network image."""
     p = seg.params
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
-    t_fwd, (pred, fg, height) = timed(lambda: forward(seg.model, x), repeats)
+    t_fwd, (pred, fg, height) = timed(lambda: forward(seg, x), repeats)
     t_nms, det = timed(lambda: non_max_suppression(pred, p.conf_thres, p.iou_thres, p.max_det)[0],
                        repeats)
     fg_np, height_np, det_np = fg.numpy(), height.numpy(), det.numpy()
@@ -108,10 +113,15 @@ def build_model(ckpt: str | None):
     return AWF().eval()
 
 
+def segmenter(args, amp: str) -> AWFSegmenter:
+    return AWFSegmenter(build_model(args.ckpt), "cpu", InferenceParams(conf_thres=args.conf_thres),
+                        precision=resolve_precision(amp, "cpu"))
+
+
 def wsi_child(args) -> None:
     """Run in a subprocess: segment one ``wsi_size``^2 RGB image, print JSON (seconds, peak RSS)."""
     torch.set_num_threads(args.threads)
-    seg = AWFSegmenter(build_model(args.ckpt), "cpu", InferenceParams(conf_thres=args.conf_thres))
+    seg = segmenter(args, args.amp[0])
     tile = bench_image(WSI_TILE, args.image)
     reps = -(-args.wsi_size // WSI_TILE)
     image = np.ascontiguousarray(np.tile(tile, (reps, reps, 1))[:args.wsi_size, :args.wsi_size])
@@ -125,10 +135,10 @@ def wsi_child(args) -> None:
                       "n_det": info["n_det"], "n_cells": info["n_cells"], "label_dtype": str(label.dtype)}))
 
 
-def run_wsi(args) -> dict:
-    """The whole-slide measurement in a fresh interpreter (its own peak RSS)."""
+def run_wsi(args, amp: str) -> dict:
+    """The whole-slide measurement under ``amp`` in a fresh interpreter (its own peak RSS)."""
     cmd = [sys.executable, "-m", "benchmarks.bench_predict", "--wsi-child", "--wsi-size", str(args.wsi_size),
-           "--threads", str(args.threads), "--conf-thres", str(args.conf_thres)]
+           "--threads", str(args.threads), "--conf-thres", str(args.conf_thres), "--amp", amp]
     cmd += ["--ckpt", args.ckpt] if args.ckpt else []
     cmd += ["--image", args.image] if args.image else []
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO)
@@ -146,6 +156,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
     p.add_argument("--conf-thres", type=float, default=InferenceParams.conf_thres)
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    p.add_argument("--amp", nargs="+", default=["fp32", "auto"], choices=MODES,
+                   help="precision policies to compare (utils.precision)")
     p.add_argument("--wsi", action="store_true", help="also the whole-slide run (minutes)")
     p.add_argument("--wsi-size", type=int, default=10_000, help="whole-slide side (px)")
     p.add_argument("--wsi-child", action="store_true", help=argparse.SUPPRESS)
@@ -158,22 +170,31 @@ def main(argv=None) -> int:
         wsi_child(args)
         return 0
     torch.set_num_threads(args.threads)
-    seg = AWFSegmenter(build_model(args.ckpt), "cpu", InferenceParams(conf_thres=args.conf_thres))
+    policies = {amp: resolve_precision(amp, "cpu").describe() for amp in args.amp}
     print(f"model: {args.ckpt or 'random init'}; image: {args.image or 'synthetic fl'}; "
           f"CPU threads: {args.threads}; conf_thres {args.conf_thres}; median of {args.repeats}")
     print(f"note: {NOTE}")
-    print(f"{'size':>6} {'forward':>9} {'NMS':>7} {'post':>8} {'total':>9} {'n_det':>6} {'cells':>6}  (ms)")
+    for amp, what in policies.items():
+        print(f"--amp {amp}: {what}")
+    print(f"{'amp':>5} {'size':>6} {'forward':>9} {'NMS':>7} {'post':>8} {'total':>9} {'n_det':>6} "
+          f"{'cells':>6}  (ms)")
     results = {"model": args.ckpt or "random init", "image": args.image or "synthetic fl",
-               "threads": args.threads, "conf_thres": args.conf_thres, "note": NOTE, "sizes": []}
+               "threads": args.threads, "conf_thres": args.conf_thres, "note": NOTE,
+               "policies": policies, "sizes": [], "wsi": []}
+    segs = {amp: segmenter(args, amp) for amp in args.amp}
     for size in args.sizes:
-        r = bench_size(seg, bench_image(size, args.image), args.repeats)
-        results["sizes"].append(r)
-        print(f"{size:>6} {r['forward_ms']:>9} {r['nms_ms']:>7} {r['post_ms']:>8} {r['total_ms']:>9} "
-              f"{r['n_det']:>6} {r['n_cells']:>6}")
-    if args.wsi:
-        results["wsi"] = w = run_wsi(args)
-        print(f"whole slide {w['size']}^2 RGB: {w['seconds']} s, peak RSS {w['peak_rss_gib']} GiB "
-              f"(image built: {w['rss_before_segment_gib']} GiB), {w['n_cells']} cells")
+        image = bench_image(size, args.image)
+        for amp, seg in segs.items():
+            r = {"amp": amp, **bench_size(seg, image, args.repeats)}
+            results["sizes"].append(r)
+            print(f"{amp:>5} {size:>6} {r['forward_ms']:>9} {r['nms_ms']:>7} {r['post_ms']:>8} "
+                  f"{r['total_ms']:>9} {r['n_det']:>6} {r['n_cells']:>6}", flush=True)
+    for amp in args.amp if args.wsi else []:
+        w = {"amp": amp, **run_wsi(args, amp)}
+        results["wsi"].append(w)
+        print(f"--amp {amp}: whole slide {w['size']}^2 RGB: {w['seconds']} s, peak RSS "
+              f"{w['peak_rss_gib']} GiB (image built: {w['rss_before_segment_gib']} GiB), "
+              f"{w['n_cells']} cells", flush=True)
     OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
     OUT_JSON.write_text(json.dumps(results, indent=2))
     return 0

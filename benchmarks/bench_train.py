@@ -1,7 +1,12 @@
-"""Training throughput of the AWF (images per second), one process vs two Gloo ranks.
+"""Training throughput of the AWF (images per second): fp32 against ``--amp auto``, side by side.
 
-    python -m benchmarks.bench_train                       # 256 and 512, 1 process and 2 ranks
+    python -m benchmarks.bench_train                       # 256 and 512: fp32 vs auto (1 process)
     python -m benchmarks.bench_train --img 256 --steps 10  # one size
+    python -m benchmarks.bench_train --ddp                 # + two Gloo ranks (fp32 and auto)
+
+The auto choice is utils.precision's (bf16 autocast + channels_last on a CPU with native bf16,
+fp32 on any other CPU, fp16 on CUDA); both policies run in one process on the same batches, in
+alternating rounds, so that a change of machine load hits both alike.
 
 Batches come from the real data of data/real.yaml (../shared/data) through the training
 dataset (augmentation included, images cached in RAM), so the figure is what train_main.py
@@ -25,6 +30,7 @@ from utils.config import Hyp, load_config, load_data_config
 from utils.dataset import CellDataset, DatasetCache, collate_fn, resolve_split
 from utils.engine import build_optimizer
 from utils.loss import AWFLoss
+from utils.precision import Precision, resolve_precision
 
 
 def batches(img: int, batch: int, n: int, rank: int):
@@ -41,30 +47,49 @@ def batches(img: int, batch: int, n: int, rank: int):
     return out, hyp
 
 
-def time_steps(img: int, batch: int, steps: int, ddp: bool) -> float:
+class Stepper:
+    """One AWF + optimizer under one precision policy; ``step(batch)`` -> seconds."""
+
+    def __init__(self, precision: Precision, hyp, ddp: bool):
+        torch.manual_seed(0)
+        self.precision = precision
+        model = precision.model(AWF(AWFConfig()))
+        self.loss_fn = AWFLoss(model, hyp.loss)
+        self.net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
+        self.opt = build_optimizer(model, hyp)
+
+    def step(self, b: dict) -> float:
+        t0 = time.perf_counter()
+        with self.precision.autocast():
+            out = self.net(self.precision.input(b["img"]))
+        loss, _ = self.loss_fn(out, b)
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+
+
+def time_policies(img: int, batch: int, steps: int, modes: list[str], ddp: bool) -> dict[str, float]:
+    """img/s per ``--amp`` mode (summed over ranks under DDP): 2 warm-up steps each, then
+    ``steps`` rounds in which every mode runs one step on the same batch; median per mode."""
     rank = int(os.environ.get("RANK", 0))
     if ddp:
         torch.distributed.init_process_group("gloo")
-    model = AWF(AWFConfig())
     data, hyp = batches(img, batch, steps + 2, rank)
-    loss_fn = AWFLoss(model, hyp.loss)
-    net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
-    opt = build_optimizer(model, hyp)
-    times = []
+    steppers = {m: Stepper(resolve_precision(m, "cpu"), hyp, ddp) for m in modes}
+    times: dict[str, list[float]] = {m: [] for m in modes}
     for b in data:
-        t0 = time.perf_counter()
-        loss, _ = loss_fn(net(b["img"]), b)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t0)
-    ips = batch / statistics.median(times[2:])
+        for m, s in steppers.items():
+            times[m].append(s.step(b))
+    out = {}
+    for m in modes:
+        ips = torch.tensor(batch / statistics.median(times[m][2:]))
+        if ddp:
+            torch.distributed.all_reduce(ips)
+        out[m] = float(ips)
     if ddp:
-        total = torch.tensor(ips)
-        torch.distributed.all_reduce(total)
-        ips = float(total)
         torch.distributed.destroy_process_group()
-    return ips
+    return out
 
 
 def main():
@@ -72,26 +97,41 @@ def main():
     p.add_argument("--img", type=int, nargs="+", default=[256, 512])
     p.add_argument("--batch", type=int, default=8, help="total batch (split over ranks)")
     p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--ddp", action="store_true", help="also time two Gloo ranks")
     p.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    auto = resolve_precision("auto", "cpu")
+    modes = ["fp32"] if auto.mode == "fp32" else ["fp32", "auto"]
     if args.ddp_worker:
-        ips = time_steps(args.img[0], args.batch // 2, args.steps, ddp=True)
+        ips = time_policies(args.img[0], args.batch // 2, args.steps, modes, ddp=True)
         if int(os.environ.get("RANK", 0)) == 0:
-            print(f"RESULT {ips:.3f}")
+            print("RESULT " + " ".join(f"{m}={v:.3f}" for m, v in ips.items()))
         return
     if not (REPO.parent / "shared" / "data" / "dsb2018").is_dir():
         sys.exit("needs ../shared/data (the real data of data/real.yaml)")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, fp32")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}; "
+          f"auto = {auto.describe()}")
     for img in args.img:
-        single = time_steps(img, args.batch, args.steps, ddp=False)
-        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, torch.get_num_threads() // 2))}
-        out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                              "-m", "benchmarks.bench_train", "--ddp-worker", "--img", str(img), "--batch", str(args.batch),
-                              "--steps", str(args.steps)], env=env, capture_output=True, text=True, cwd=REPO)
-        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")]
-        two = float(lines[-1].split()[1]) if lines else float("nan")
-        print(f"img {img}: 1 process {single:.2f} img/s, 2 Gloo ranks {two:.2f} img/s "
-              f"(ratio {two / single:.2f})")
+        single = time_policies(img, args.batch, args.steps, modes, ddp=False)
+        line = f"img {img}: 1 process fp32 {single['fp32']:.2f} img/s"
+        if "auto" in single:
+            line += f", auto {single['auto']:.2f} img/s (auto/fp32 {single['auto'] / single['fp32']:.2f}x)"
+        if args.ddp:
+            two = ddp_run(img, args)
+            line += "; 2 Gloo ranks " + ", ".join(f"{m} {v:.2f} img/s" for m, v in two.items())
+        print(line, flush=True)
+
+
+def ddp_run(img: int, args) -> dict[str, float]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, torch.get_num_threads() // 2))}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "-m", "benchmarks.bench_train", "--ddp-worker", "--img", str(img),
+                          "--batch", str(args.batch), "--steps", str(args.steps)],
+                         env=env, capture_output=True, text=True, cwd=REPO)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")]
+    if not lines:
+        return {"failed": float("nan")}
+    return {k: float(v) for k, v in (kv.split("=") for kv in lines[-1].split()[1:])}
 
 
 if __name__ == "__main__":

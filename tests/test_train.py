@@ -10,6 +10,7 @@ import torch
 
 from tests.conftest import REPO
 from utils.engine import increment_path, resize_batch, warmup_iters
+from utils.precision import resolve_precision
 
 COMMON = ["--hyp", "data/hyps/hyp.labeled.yaml", "--img", "64", "--batch", "2", "--workers", "0",
           "--device", "cpu", "--seed", "3"]
@@ -53,8 +54,13 @@ def test_ddp_torchrun_two_processes_gloo(tmp_path, synthetic_data, run_script):
     assert len(pd.read_csv(run / "results.csv")) == 1
 
 
-def test_resume_after_kill_continues_exactly(tmp_path, synthetic_data, run_script):
-    args = ["train_main.py", "--data", synthetic_data, *COMMON, "--epochs", "2", "--project", tmp_path]
+@pytest.mark.parametrize("amp", ["fp32", "auto"])
+def test_resume_after_kill_continues_exactly(tmp_path, synthetic_data, run_script, amp):
+    """Under fp32 and under the auto policy (bf16 + channels_last on a CPU with native bf16)."""
+    if amp == "auto" and resolve_precision("auto", "cpu").mode == "fp32":
+        pytest.skip("auto is fp32 on this CPU: the fp32 case covers it")
+    args = ["train_main.py", "--data", synthetic_data, *COMMON, "--epochs", "2", "--project", tmp_path,
+            "--amp", amp]
     run_script([*args, "--name", "straight"])
     proc = subprocess.Popen([sys.executable, *map(str, args), "--name", "killed"], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -7,6 +7,7 @@ import os
 import sys
 
 from utils.engine import TrainOptions
+from utils.precision import MODES
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -42,8 +43,9 @@ def training_parser(description: str, data: str, hyp: str, weights: str = "", ep
     p.add_argument("--resume", nargs="?", const="auto", default="",
                    help="resume from a last.pt (no value: the latest run's last.pt)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--amp", default="auto", choices=["auto", "off", "fp16", "bf16"],
-                   help="mixed precision: auto = fp16 on CUDA, full precision on CPU")
+    p.add_argument("--amp", default="auto", choices=list(MODES) + ["off"],
+                   help="precision (utils.precision): auto = fp16 on CUDA, bf16 + channels_last on a "
+                        "CPU with native bf16, else fp32; off = fp32")
     p.add_argument("--val-period", type=int, default=1, help="validate every N epochs")
     p.add_argument("--cache-images", action="store_true", help="keep decoded images in RAM")
     p.add_argument("--local-rank", "--local_rank", type=int, default=-1, help=argparse.SUPPRESS)
@@ -82,7 +84,9 @@ def add_prediction_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--max-det", type=int, default=None, help="override the per-modality cap")
     p.add_argument("--scale", type=float, default=1.0, help="resize factor before the network")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    p.add_argument("--amp", action="store_true", help="fp16 (CUDA) / bf16 (CPU) inference")
+    p.add_argument("--amp", default="auto", choices=MODES,
+                   help="precision (utils.precision): auto = fp16 on CUDA, bf16 + channels_last on a "
+                        "CPU with native bf16, else fp32")
     return p
 
 

@@ -35,6 +35,7 @@ from utils.config import Hyp, from_dict, load_config, to_dict
 from utils.dataset import build_dataloader
 from utils.io import atomic_write
 from utils.plots import plot_results
+from utils.precision import log_precision, resolve_precision
 
 LOGGER = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class TrainOptions:
     sync_bn: bool = False
     resume: str = ""           # path of last.pt ("" = fresh run)
     seed: int = 0
-    amp: str = "auto"          # auto (fp16 on CUDA, off on CPU), off, fp16, bf16
+    amp: str = "auto"          # utils.precision: auto, fp32, bf16, fp16 ("off" = fp32)
     val_period: int = 1
     cache_images: bool = False
     save_dir: str = ""         # set by the engine
@@ -201,20 +202,6 @@ def build_optimizer(model: nn.Module, hyp: Hyp) -> torch.optim.Optimizer:
     return opt
 
 
-def amp_dtype(mode: str, device: torch.device):
-    """Autocast dtype for ``--amp`` (None = full precision).
-
-    ``auto`` is fp16 on CUDA and full precision on CPU: on a CPU without AVX-512 BF16 (this
-    project's 2-core AMD EPYC reports AVX2 only) bf16 convolutions fall back to a slow kernel,
-    measured 10x slower than fp32 for ResNet-18 training; ``--amp bf16`` opts in where it helps.
-    """
-    if mode == "off":
-        return None
-    if mode == "auto":
-        return torch.float16 if device.type == "cuda" else None
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}[mode]
-
-
 def resume_options(opt: TrainOptions, ckpt: dict) -> TrainOptions:
     """The options of the interrupted run, with this invocation's resume path, device and workers."""
     saved = dict(ckpt.get("opt") or {})
@@ -286,7 +273,8 @@ class Trainer:
         if opt.batch % self.info.world_size:
             raise ValueError(f"--batch {opt.batch} is not divisible by the {self.info.world_size} ranks")
         self.batch_per_rank = opt.batch // self.info.world_size
-        self.dtype = amp_dtype(opt.amp, self.device)
+        self.precision = resolve_precision(opt.amp, self.device)
+        self.dtype = self.precision.dtype
         if not opt.resume and self.info.is_main:
             opt.save_dir = str(increment_path(Path(opt.project) / opt.name, opt.exist_ok))
         opt.save_dir = du.broadcast_object(opt.save_dir, self.info)
@@ -297,7 +285,8 @@ class Trainer:
     def _setup(self, ckpt: dict | None):
         opt, hyp, info = self.opt, self.hyp, self.info
         seed_everything(opt.seed + max(info.rank, 0))
-        model = self.task.build_model(ckpt).to(self.device)
+        model = self.precision.model(self.task.build_model(ckpt).to(self.device))
+        log_precision(self.precision, "training")
         self.dataset, collate = self.task.train_dataset()
         self.task.before_training(model, self.dataset)
         if opt.sync_bn and info.distributed:
@@ -417,9 +406,8 @@ class Trainer:
             if ni <= nw:
                 self._warmup(ni, nw, epoch)
             batch = self._multiscale(self._to_device(batch))
-            with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
-                                enabled=self.dtype is not None):
-                outputs = self.model(batch["img"])
+            with self.precision.autocast():
+                outputs = self.model(self.precision.input(batch["img"]))
             loss, items = self.loss_fn(outputs, batch)
             self._check_finite(loss, epoch, i)
             self.scaler.scale(loss).backward()

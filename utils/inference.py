@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from utils.flows import reconstruct_masks
 from utils.nms import merge_detections, non_max_suppression
+from utils.precision import Precision, resolve_precision
 from utils.tiling import WindowAccumulator, gaussian_weight, segment_chunked, window_grid
 from utils.watershed import PostprocessParams, postprocess
 
@@ -73,15 +74,15 @@ class Segmenter:
     default_params = None
 
     def __init__(self, model: torch.nn.Module, device: torch.device | str = "cpu", params=None,
-                 amp: bool = False):
-        self.model = model.eval().to(device)
+                 precision: Precision | None = None):
         self.device = torch.device(device)
+        # utils.precision: autocast dtype and memory format (default fp32, contiguous)
+        self.precision = precision or resolve_precision("fp32", self.device)
+        self.model = self.precision.model(model.eval().to(self.device))
         self.params = params or self.default_params()
-        self.amp = amp  # fp16 autocast on CUDA, bf16 on CPU
 
     def _autocast(self):
-        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp)
+        return self.precision.autocast()
 
     def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
         """Network image ``(H, W, 3) uint8`` -> ``(1, 3, H, W)`` float in [0, 1] on the device."""
@@ -99,7 +100,7 @@ class AWFSegmenter(Segmenter):
         """``x (B, 3, H, W)`` in [0, 1] -> (pred (B, N, 5) cx,cy,w,h,score px, fg (B,H,W), height (B,H,W))."""
         x, (h, w) = pad_to_stride(x)
         with self._autocast():
-            out = self.model(x)
+            out = self.model(self.precision.input(x))
             pred = self.model.decode(out["det"])
         fg = torch.sigmoid(out["fg"][:, 0, :h, :w].float())
         height = out["height"][:, 0, :h, :w].float()
@@ -229,7 +230,7 @@ class OmniposeSegmenter(Segmenter):
         """Network image -> (flow (2, H, W) dy/dx, dist (H, W) pixels)."""
         x, (h, w) = pad_to_stride(self._to_tensor(image))
         with self._autocast():
-            out = self.model(x)
+            out = self.model(self.precision.input(x))
         return out["flow"][0, :, :h, :w].float().cpu().numpy(), out["dist"][0, 0, :h, :w].float().cpu().numpy()
 
     def _segment_region(self, image: np.ndarray, stats: dict) -> np.ndarray:

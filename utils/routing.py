@@ -24,6 +24,7 @@ from models.loading import load_model
 from utils.config import load_config
 from utils.inference import AWFSegmenter, InferenceParams, OmniposeSegmenter
 from utils.modality import classify_modality
+from utils.precision import log_precision, resolve_precision
 
 LOGGER = logging.getLogger(__name__)
 MODALITIES = ("bf", "fl", "gs")
@@ -102,8 +103,10 @@ class Router:
     """Chooses and runs a branch per image; ``ckpt`` forces one checkpoint for every image."""
 
     def __init__(self, cfg: RoutingConfig, device: torch.device, overrides: Overrides | None = None,
-                 ckpt: str | None = None, amp: bool = False, base_dir: Path | None = None):
-        self.cfg, self.device, self.amp = cfg, device, amp
+                 ckpt: str | None = None, amp: str = "auto", base_dir: Path | None = None):
+        self.cfg, self.device = cfg, device
+        self.precision = resolve_precision(amp, device)  # utils.precision (--amp)
+        log_precision(self.precision, "inference")
         self.ckpt_dir = Path(base_dir or ".") / cfg.ckpt_dir
         self.overrides = overrides or Overrides()
         self.ckpt = ckpt
@@ -157,8 +160,8 @@ class Router:
     def segmenter(self, path: Path, modality: str):
         model = self._model(path)
         if getattr(model, "kind", "awf") == "omnipose":
-            return OmniposeSegmenter(model, self.device, amp=self.amp)
-        return AWFSegmenter(model, self.device, self.params(modality), amp=self.amp)
+            return OmniposeSegmenter(model, self.device, precision=self.precision)
+        return AWFSegmenter(model, self.device, self.params(modality), precision=self.precision)
 
     def segment(self, raw: np.ndarray, image: np.ndarray) -> tuple[np.ndarray, dict]:
         """Raw image (for the modality) and network image -> (label, info with modality/branch)."""

@@ -26,6 +26,7 @@ from utils.inference import AWFSegmenter, OmniposeSegmenter
 from utils.io import InputError
 from utils.loss import AWFLoss, AWFLossGains, OmniposeLoss, OmniposeLossGains
 from utils.metrics import match_instances
+from utils.precision import resolve_precision
 
 LOGGER = logging.getLogger(__name__)
 
@@ -67,8 +68,9 @@ class SegmentationTask(Task):
 
     def train_dataset(self):
         kwargs = {"target_fn": self.target_fn()} if self.target_fn() is not None else {}
+        shares = {k: v.share for k, v in self.data.sources.items()}
         ds = CellDataset(self.train_samples, self.opt.img, self.hyp, augment=True, cache=self.cache,
-                         **kwargs)
+                         shares=shares, epoch_size=self.data.epoch_size, **kwargs)
         return ds, collate_fn
 
     @abstractmethod
@@ -126,7 +128,7 @@ class AWFTask(SegmentationTask):
         return ("height",)
 
     def segmenter(self, model: nn.Module, device: torch.device):
-        return AWFSegmenter(model, device)
+        return AWFSegmenter(model, device, precision=resolve_precision(self.opt.amp, device))
 
 
 class WeaklyTask(AWFTask):
@@ -198,4 +200,4 @@ class OmniposeTask(SegmentationTask):
         return {**batch, "omni": omni}
 
     def segmenter(self, model: nn.Module, device: torch.device):
-        return OmniposeSegmenter(model, device)
+        return OmniposeSegmenter(model, device, precision=resolve_precision(self.opt.amp, device))

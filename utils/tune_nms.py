@@ -25,6 +25,7 @@ from utils.inference import AWFSegmenter
 from utils.io import atomic_write
 from utils.metrics import match_instances
 from utils.nms import non_max_suppression
+from utils.precision import MODES, log_precision, resolve_precision
 from utils.watershed import PostprocessParams, postprocess
 
 LOGGER = logging.getLogger(__name__)
@@ -62,12 +63,16 @@ def main(argv=None):
     p.add_argument("--conf", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4])
     p.add_argument("--iou", type=float, nargs="+", default=[0.2, 0.25, 0.3, 0.35, 0.45, 0.6])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", default="auto", choices=MODES, help="precision (utils.precision)")
     p.add_argument("-o", "--output", default="runs/tune_nms.csv")
     args = p.parse_args(argv)
     setup_logging()
     samples = resolve_split(load_data_config(args.data), args.split)
     cache = DatasetCache(samples, "runs/cache")
-    seg = AWFSegmenter(load_model(args.ckpt, kind="awf"), torch.device(args.device))
+    device = torch.device(args.device)
+    precision = resolve_precision(args.amp, device)
+    log_precision(precision, "inference")
+    seg = AWFSegmenter(load_model(args.ckpt, kind="awf"), device, precision=precision)
     items = ((s.image.stem, cache.modality(s), cache.image(s), cache.label(s)) for s in samples)
     frame = sweep(seg, list(items), args.conf, args.iou)
     with atomic_write(args.output) as tmp:

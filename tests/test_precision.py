@@ -1,0 +1,82 @@
+"""The precision policy (utils.precision): auto follows the hardware, losses and weights stay fp32."""
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import REPO
+from utils import precision as up
+from utils.precision import Precision, resolve_precision
+
+NATIVE = lambda: (True, "stub: native bf16")          # noqa: E731
+EMULATED = lambda: (False, "stub: no bf16 instructions")  # noqa: E731
+
+
+def test_auto_follows_the_cpu_capability():
+    yes = resolve_precision("auto", "cpu", native_bf16=NATIVE)
+    assert (yes.mode, yes.dtype, yes.channels_last) == ("bf16", torch.bfloat16, True)
+    assert "stub: native bf16" in yes.describe()
+    no = resolve_precision("auto", "cpu", native_bf16=EMULATED)
+    assert (no.mode, no.dtype, no.channels_last) == ("fp32", None, False)
+    assert "no bf16 instructions" in no.reason
+
+
+def test_auto_is_fp16_on_cuda_and_forced_modes_win():
+    def never():
+        raise AssertionError("the CPU check must not run for CUDA or a forced mode")
+    assert resolve_precision("auto", "cuda", native_bf16=never).dtype == torch.float16
+    assert resolve_precision("fp32", "cpu", native_bf16=never).dtype is None
+    assert resolve_precision("off", "cpu", native_bf16=never).mode == "fp32"  # the old name
+    forced = resolve_precision("bf16", "cpu", native_bf16=never)
+    assert forced.dtype == torch.bfloat16 and forced.channels_last
+    assert not resolve_precision("bf16", "cuda", native_bf16=never).channels_last
+    with pytest.raises(ValueError, match="choose one of"):
+        resolve_precision("int8", "cpu")
+
+
+def test_cpu_detection_reads_torch_then_proc_cpuinfo(monkeypatch, tmp_path):
+    for fn in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, fn, lambda: False, raising=False)
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    monkeypatch.setattr(up, "_cpuinfo_flags", lambda: up._read_flags(info))
+    assert up.cpu_native_bf16()[0] is False
+    info.write_text("processor: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
+    ok, why = up.cpu_native_bf16()
+    assert ok and "avx512_bf16" in why
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    info.write_text("flags: fpu\n")
+    assert up.cpu_native_bf16() == (True, "CPU reports avx512_bf16")
+
+
+def test_policy_applies_autocast_and_memory_format():
+    conv = torch.nn.Conv2d(3, 4, 3)
+    x = torch.rand(2, 3, 16, 16)
+    p = Precision("bf16", "cpu", channels_last=True, reason="test")
+    net = p.model(conv)
+    assert net.weight.is_contiguous(memory_format=torch.channels_last)
+    assert net.weight.dtype == torch.float32          # parameters stay fp32
+    with p.autocast():
+        y = net(p.input(x))
+    assert y.dtype == torch.bfloat16
+    with Precision("fp32", "cpu").autocast():
+        assert conv(x).dtype == torch.float32
+
+
+def _native_bf16():
+    return up.cpu_native_bf16()[0]
+
+
+@pytest.mark.skipif(not _native_bf16(), reason="bf16 is emulated on this CPU (many times slower)")
+def test_bf16_labels_agree_with_fp32_labels():
+    """The shipped weights on a bundled example: bf16 + channels_last against fp32."""
+    from models.loading import load_model
+    from utils.inference import AWFSegmenter
+    from utils.io import load_image
+    from utils.metrics import match_instances
+    image = load_image(REPO / "examples" / "fl_cells.png")
+    model = load_model(REPO / "ckpts" / "general.pt")
+    fp32, _ = AWFSegmenter(model, "cpu", precision=resolve_precision("fp32", "cpu")).segment(image)
+    bf16, _ = AWFSegmenter(model, "cpu", precision=resolve_precision("bf16", "cpu")).segment(image)
+    assert fp32.max() > 20
+    assert match_instances(fp32, bf16, threshold=0.5).f1 >= 0.97
+    assert not np.array_equal(fp32, np.zeros_like(fp32))
