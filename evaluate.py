@@ -2,12 +2,14 @@
 
     python evaluate.py -i LABELED_DIR -o evaluate_detail.csv --ckpt best.pt
     python evaluate.py -i ../shared/data/dsb2018 --list data/splits/dsb2018_val.txt --ckpt best.pt
+    python evaluate.py -i ../shared/data/usiigaci ../shared/data/ctc       # several folders
+    python evaluate.py -i data/cells.yaml --split val     # a dataset YAML's split, by its sources
 
 LABELED_DIR holds images/ and labels/NAME_label.tiff. Writes a per-image CSV (the challenge
 columns plus modality, branch, confidence, diameter and seconds; confidence is the mean foreground
 probability over pixels above 0.5 and diameter the median cell diameter in pixels, the inputs of
 the Omnipose routing rule) and prints the mean
-and median F1 overall and per modality.
+and median F1 overall, per source (the folder's name, or the YAML's ``sources``) and per modality.
 Prediction is predict.py's code, scoring is compute_metric.py's.
 """
 import argparse
@@ -20,7 +22,9 @@ import pandas as pd
 
 from utils.cli import add_prediction_args, router_from_args, setup_logging
 from utils.dist import select_device
-from utils.io import InputError, atomic_write, label_path_for, list_images, read_label
+from utils.config import ConfigError, load_data_config
+from utils.dataset import resolve_split
+from utils.io import LABEL_SUFFIX, InputError, atomic_write, label_path_for, list_images, read_label
 from utils.metrics import RESULT_COLUMNS, match_instances, results_to_frame
 from utils.runner import predict_files, report_failures
 
@@ -30,7 +34,9 @@ LOGGER = logging.getLogger("evaluate")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("-i", "--input", required=True, help="folder with images/ and labels/")
+    p.add_argument("-i", "--input", required=True, nargs="+",
+                   help="folder(s) with images/ and labels/, or a dataset YAML (see --split)")
+    p.add_argument("--split", default="val", help="with a dataset YAML: the split to evaluate")
     p.add_argument("-o", "--output", default="evaluate_detail.csv", help="per-image CSV")
     p.add_argument("--list", default=None,
                    help="optional split file of image paths (relative to the input's parent)")
@@ -50,6 +56,21 @@ def image_files(root: Path, split: str | None) -> list[Path]:
     if not files:
         raise InputError(split, f"lists no image under {root}")
     return files
+
+
+def evaluation_files(inputs: list[str], split_list: str | None, split: str) -> list[tuple[Path, str]]:
+    """``(image, source)`` pairs: a dataset YAML's ``split`` (sources from its ``sources``, else
+    the image's folder), or each folder's images (source = the folder's name)."""
+    if len(inputs) == 1 and Path(inputs[0]).suffix.lower() in (".yaml", ".yml"):
+        try:
+            samples = resolve_split(load_data_config(inputs[0]), split)
+        except ConfigError as exc:
+            raise InputError(inputs[0], str(exc)) from None
+        return [(s.image, s.source or s.image.parent.parent.name) for s in samples]
+    out = []
+    for folder in map(Path, inputs):
+        out += [(f, folder.resolve().name) for f in image_files(folder, split_list)]
+    return out
 
 
 def score(files, labels: dict, records) -> tuple[pd.DataFrame, list[str]]:
@@ -75,18 +96,21 @@ def score(files, labels: dict, records) -> tuple[pd.DataFrame, list[str]]:
 
 
 def print_summary(frame: pd.DataFrame) -> None:
-    print(f"{'group':<8}{'n':>5}{'mean F1':>10}{'median F1':>11}")
-    groups = [("all", frame)] + [(m, g) for m, g in frame.groupby("modality")]
+    """Mean and median F1: all images, then per source (when several), then per modality."""
+    print(f"{'group':<16}{'n':>5}{'mean F1':>10}{'median F1':>11}")
+    groups = [("all", frame)]
+    if frame["source"].nunique() > 1:
+        groups += [(f"source {s}", g) for s, g in frame.groupby("source", sort=False)]
+    groups += [(f"modality {m}", g) for m, g in frame.groupby("modality")]
     for name, g in groups:
-        print(f"{name:<8}{len(g):>5}{g['F1'].mean():>10.4f}{g['F1'].median():>11.4f}")
+        print(f"{name:<16}{len(g):>5}{g['F1'].mean():>10.4f}{g['F1'].median():>11.4f}")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging()
-    root = Path(args.input)
     try:
-        files = image_files(root, args.list)
+        pairs = evaluation_files(args.input, args.list, args.split)
     except InputError as exc:
         LOGGER.error("%s", exc)
         return 2
@@ -95,15 +119,19 @@ def main(argv=None) -> int:
     except FileNotFoundError as exc:
         LOGGER.error("%s", exc)
         return 2
+    files = [f for f, _ in pairs]
     with tempfile.TemporaryDirectory() as tmp:
         summary, labels = predict_files(files, router, args.save_dir or tmp, keep_labels=True)
     frame, failures = score(files, labels, summary.records)
+    source = {f.stem: s for f, s in pairs}
+    frame["source"] = [source[n[: -len(LABEL_SUFFIX)]] for n in frame["names"]]
     summary.failures += failures
     with atomic_write(args.output) as tmp_csv:
         frame.to_csv(tmp_csv, index=False)
     if len(frame):
         print_summary(frame)
-    LOGGER.info("per-image results in %s (columns: %s, modality, branch, confidence, diameter, seconds)",
+    LOGGER.info("per-image results in %s (columns: %s, modality, branch, confidence, "
+                "diameter, seconds, source)",
                 args.output, ", ".join(RESULT_COLUMNS))
     return report_failures(summary)
 

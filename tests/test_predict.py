@@ -61,6 +61,32 @@ def test_evaluate_f1_equals_compute_metric(tmp_path, trained_ckpt, synthetic_dat
     pd.testing.assert_frame_equal(ev[cols], cm[cols], check_dtype=False)
 
 
+def test_evaluate_several_sources_at_once(tmp_path, trained_ckpt, synthetic_data, run_script):
+    """Several folders, or a dataset YAML with sources: one CSV with a source column, and a row
+    per source in the summary whose figures are those of each folder evaluated alone."""
+    root = _images(synthetic_data)
+    for name, keep in (("alpha", slice(0, 3)), ("beta", slice(3, 8))):
+        for sub in ("images", "labels"):
+            (tmp_path / name / sub).mkdir(parents=True)
+        for img in sorted((root / "images").iterdir())[keep]:
+            shutil.copy(img, tmp_path / name / "images")
+            shutil.copy(root / "labels" / f"{img.stem}_label.tiff", tmp_path / name / "labels")
+    common = ["--ckpt", trained_ckpt, "--device", "cpu", "--conf-thres", "0.001"]
+    proc = run_script(["evaluate.py", "-i", tmp_path / "alpha", tmp_path / "beta",
+                       "-o", tmp_path / "both.csv", *common])
+    both = pd.read_csv(tmp_path / "both.csv")
+    assert both.groupby("source").size().to_dict() == {"alpha": 3, "beta": 5}
+    assert "source alpha" in proc.stdout and "source beta" in proc.stdout
+    run_script(["evaluate.py", "-i", tmp_path / "beta", "-o", tmp_path / "beta.csv", *common])
+    alone = pd.read_csv(tmp_path / "beta.csv")
+    assert np.isclose(alone["F1"].mean(), both[both["source"] == "beta"]["F1"].mean())
+    (tmp_path / "d.yaml").write_text(
+        "path: .\nval: [alpha, beta]\nsources:\n  first: {match: 'alpha/*'}\n  second: {match: 'beta/*'}\n")
+    proc = run_script(["evaluate.py", "-i", tmp_path / "d.yaml", "-o", tmp_path / "y.csv", *common])
+    assert pd.read_csv(tmp_path / "y.csv").groupby("source").size().to_dict() == {"first": 3, "second": 5}
+    assert "source second" in proc.stdout
+
+
 def _save_awf(path):
     from models.awf import AWF, AWFConfig
     model = AWF(AWFConfig())

@@ -47,7 +47,8 @@ def _check_value(value, tp, where: str):
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+        (_, vtype) = typing.get_args(tp) or (typing.Any, typing.Any)
+        return {k: _check_value(v, vtype, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if tp is float:
@@ -166,6 +167,18 @@ class Hyp:
 
 
 @dataclass
+class SourceSpec:
+    """One source of a dataset YAML's ``sources`` mapping (see utils.sampling)."""
+
+    match: str            # fnmatch pattern on the image path relative to ``path``, e.g. "ctc/*/ctc_dic_*"
+    share: float = 1.0    # relative share of every training epoch (normalised over the sources)
+
+    def __post_init__(self):
+        if not self.share >= 0:
+            raise ValueError(f"share must be >= 0, got {self.share}")
+
+
+@dataclass
 class DataConfig:
     """A dataset YAML (data/*.yaml).
 
@@ -183,6 +196,9 @@ class DataConfig:
     names: list[str] = field(default_factory=lambda: ["cell"])
     modality: typing.Optional[str] = None   # weakly stage: keep only images of this modality
     meta: typing.Optional[str] = None       # CSV (relative to path) with name,modality columns
+    # Named sources with their share of every training epoch (utils.sampling); empty = uniform.
+    sources: dict[str, SourceSpec] = field(default_factory=dict)
+    epoch_size: typing.Optional[int] = None   # training samples per epoch (None = the split's size)
     yaml_dir: str = "."                     # set by load_data_config, not by users
 
     def __post_init__(self):

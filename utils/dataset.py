@@ -33,6 +33,7 @@ from utils.augment import Tile, augment_tiles, eval_transform, relabel_consecuti
 from utils.boxes import label_to_boxes
 from utils.config import DataConfig, Hyp
 from utils.modality import classify_modality
+from utils.sampling import ShareSampler, source_of
 from utils.targets import height_map
 
 LOGGER = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class Sample:
     label: Path | None
     modality: str | None
     confidence: float = 1.0
+    source: str = ""             # the DataConfig source it matches (utils.sampling), "" = none
 
 
 def ignore_path_for(sample: Sample) -> Path | None:
@@ -255,7 +257,7 @@ def resolve_split(cfg: DataConfig, split: str, cache_dir=None) -> list[Sample]:
             if not image.is_file():
                 missing.append(str(image))  # a pseudo CSV naming a vanished image
                 continue
-            samples.append(Sample(image, label, side.modality(image), conf))
+            samples.append(Sample(image, label, side.modality(image), conf, source_of(cfg, image)))
     _warn_names(f"{split}: images without labels/NAME{uio.LABEL_SUFFIX} (skipped)", unpaired)
     _warn_names(f"{split}: missing images (skipped)", missing)
     if cfg.modality is not None and samples:
@@ -600,7 +602,8 @@ class CellDataset(Dataset):
     """
 
     def __init__(self, samples: list[Sample], img_size: int, hyp: Hyp | None = None,
-                 augment: bool = False, cache: DatasetCache | None = None, target_fn=default_targets):
+                 augment: bool = False, cache: DatasetCache | None = None, target_fn=default_targets,
+                 shares: dict[str, float] | None = None, epoch_size: int | None = None):
         if cache is None:
             raise TypeError("CellDataset needs a DatasetCache (cache=...)")
         self.cache, self.img_size, self.augment = cache, int(img_size), augment
@@ -612,7 +615,12 @@ class CellDataset(Dataset):
         if not self.samples:
             raise ValueError("CellDataset: no usable samples")
         self.modalities = [cache.modality(s) for s in self.samples]
-        self.groups = {m: np.flatnonzero(np.array(self.modalities) == m) for m in set(self.modalities)}
+        # training draws (build_dataloader): by source share when given, else uniformly
+        self.shares, self.epoch_size = shares or None, epoch_size
+        # mosaic partners: the same source when sources are named, else the same modality
+        self.partner_keys = [s.source or m for s, m in zip(self.samples, self.modalities)]
+        keys = np.array(self.partner_keys)
+        self.groups = {k: np.flatnonzero(keys == k) for k in set(self.partner_keys)}
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -631,8 +639,8 @@ class CellDataset(Dataset):
         if not self.augment:
             return eval_transform(tile, self.img_size)
         tiles = [tile]
-        if rng.random() < self.hyp.mosaic:  # partners of the same modality: a plausible slide
-            tiles += [self._tile(int(j)) for j in rng.choice(self.groups[tile.modality], 3)]
+        if rng.random() < self.hyp.mosaic:  # partners of the same source/modality: a plausible slide
+            tiles += [self._tile(int(j)) for j in rng.choice(self.groups[self.partner_keys[i]], 3)]
         return augment_tiles(tiles, self.img_size, self.hyp, rng)
 
     def __getitem__(self, item) -> dict:
@@ -728,14 +736,21 @@ def build_dataloader(dataset: Dataset, batch_size: int, workers: int, shuffle: b
     per epoch for exact resume). It is not the DataLoader's own generator: the DataLoader draws
     worker base seeds from that one once per iterator, i.e. once per run with persistent workers
     but once per epoch without, which would shift the sample seeds of a resumed run.
-    pin_memory when CUDA is available; persistent workers when workers > 0. ``workers`` is capped
+    A dataset with ``shares`` (CellDataset from a YAML with ``sources``) is drawn by
+    :class:`utils.sampling.ShareSampler` when shuffling (returned in the sampler slot: call its
+    ``set_epoch`` too). pin_memory when CUDA is available; persistent workers when workers > 0. ``workers`` is capped
     at this rank's share of the CPU cores (YOLOv5's rule): more workers than cores only cost RAM.
     """
     workers = max_workers(workers, world_size)
     generator = torch.Generator()
     generator.manual_seed(seed + max(rank, 0))
     dist_sampler = None
-    if world_size > 1:
+    shares = getattr(dataset, "shares", None)
+    if shuffle and shares:  # by source share: the same draw on every rank, each its own slice
+        base = dist_sampler = ShareSampler([s.source for s in dataset.samples], shares,
+                                           dataset.epoch_size, seed, rank, world_size)
+        LOGGER.info("epoch of %d samples by source: %s", base.total, base.describe())
+    elif world_size > 1:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
         base = dist_sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank,
