@@ -42,14 +42,17 @@ def load_model(path, kind: str | None = None) -> nn.Module:
     return model.eval()
 
 
-def model_from_weights(kind: str, weights: str = "", config: dict | None = None) -> tuple[nn.Module, str]:
+def model_from_weights(kind: str, weights: str = "", config: dict | None = None,
+                       keep_config: bool = False) -> tuple[nn.Module, str]:
     """``(model, source)``: a model of ``kind`` for training, initialised from ``--weights``;
     ``source`` is the kind of the weights file ('' for random init, 'resnet18', 'awf', ...).
 
     ``weights`` may be empty (random init), a ResNet-18 (``resnet18.pt`` or torchvision's file:
     backbone only), or a checkpoint of this project: of the same kind, the model is rebuilt with
-    the checkpoint's config (its anchors) and loaded whole; of another kind (an AWF checkpoint
-    starting an Omnipose model), every tensor whose name and shape match is loaded.
+    the checkpoint's config (its anchors) and loaded whole, unless ``keep_config`` (``--cfg``: a
+    new architecture, e.g. more detection levels, started from the checkpoint's tensors); of
+    another kind (an AWF checkpoint starting an Omnipose model), or with ``keep_config``, every
+    tensor whose name and shape match is loaded.
     Missing and unexpected keys are logged.
     """
     if not weights:
@@ -63,7 +66,7 @@ def model_from_weights(kind: str, weights: str = "", config: dict | None = None)
         LOGGER.info("%s: ResNet-18 backbone loaded (%d missing, %d unexpected keys)", weights,
                     len(missing), len(unexpected))
         return model, found
-    model = build_model(kind, ckpt.get("model_config") if found == kind else config)
+    model = build_model(kind, ckpt.get("model_config") if found == kind and not keep_config else config)
     state, own = model_state(ckpt), model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     missing = sorted(set(own) - set(usable))

@@ -134,3 +134,29 @@ def test_onnx_parity(tmp_path):
     for r, g in zip(ref, got):
         assert r.shape == g.shape
         np.testing.assert_allclose(g, r.numpy(), rtol=1e-3, atol=1e-3)
+
+
+def test_cfg_yaml_starts_a_new_architecture_from_a_checkpoint(tmp_path):
+    """--cfg (models/awf_p345.yaml) with --weights of a one-level AWF: three levels, the
+    checkpoint's tensors wherever name and shape match (backbone, neck, the stride-8 head)."""
+    from models.loading import model_from_weights
+    from tests.conftest import REPO
+    from utils.checkpoint import save_checkpoint_atomic
+    from utils.config import load_yaml
+    torch.manual_seed(1)
+    p3 = AWF()
+    save_checkpoint_atomic({"kind": "awf", "model": p3.state_dict(), "model_config": p3.config_dict()},
+                           tmp_path / "p3.pt")
+    cfg = load_yaml(REPO / "models" / "awf_p345.yaml")
+    same, _ = model_from_weights("awf", str(tmp_path / "p3.pt"), config=cfg)
+    assert same.strides == [8]                       # without --cfg: the checkpoint's architecture
+    new, source = model_from_weights("awf", str(tmp_path / "p3.pt"), config=cfg, keep_config=True)
+    assert source == "awf" and new.strides == [8, 16, 32] and new.anchors.shape == (3, 3, 2)
+    old = p3.state_dict()
+    for name, tensor in new.state_dict().items():
+        if name.startswith("backbone.") or name.startswith("head.0."):
+            assert torch.equal(tensor, old[name]), name
+    assert "head.1.weight" in new.state_dict() and "head.1.weight" not in old
+    with torch.no_grad():
+        out = new(torch.rand(1, 3, 64, 64))
+    assert [d.shape[2] for d in out["det"]] == [8, 4, 2]

@@ -97,6 +97,13 @@ def test_nan_loss_stops_without_touching_checkpoints(tmp_path, synthetic_data, r
         assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
+def test_cfg_trains_three_detection_levels(tmp_path, synthetic_data, run_script):
+    run_script(["train_main.py", "--data", synthetic_data, *COMMON, "--epochs", "1",
+                "--project", tmp_path, "--name", "p345", "--cfg", "models/awf_p345.yaml"])
+    cfg = _weights(tmp_path / "p345" / "weights" / "last.pt")["model_config"]
+    assert cfg["strides"] == [8, 16, 32] and [len(a) for a in cfg["anchors"]] == [6, 6, 6]
+
+
 def test_warmup_is_capped_for_short_runs():
     assert warmup_iters(3.0, 49, 40) == 147          # long run: warmup_epochs * batches
     assert warmup_iters(3.0, 25, 20) == 100          # at least MIN_WARMUP_ITERS steps

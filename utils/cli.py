@@ -27,6 +27,9 @@ def training_parser(description: str, data: str, hyp: str, weights: str = "", ep
     p.add_argument("--hyp", default=hyp, help="hyperparameter YAML")
     p.add_argument("--weights", default=weights,
                    help="initial weights: resnet18.pt (backbone) or a checkpoint of this project")
+    p.add_argument("--cfg", default="",
+                   help="model YAML, e.g. models/awf_p345.yaml (detection levels, anchors); empty = "
+                        "the --weights checkpoint's architecture, else the defaults")
     p.add_argument("--img", "--img-size", type=int, default=640, help="training crop size (pixels)")
     p.add_argument("--batch", "--batch-size", type=int, default=16, help="total batch over all ranks")
     p.add_argument("--epochs", type=int, default=epochs)

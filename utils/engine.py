@@ -70,6 +70,7 @@ class TrainOptions:
     data: str
     hyp: str
     weights: str = ""
+    cfg: str = ""              # model YAML (models/*.yaml); "" = the weights' architecture or defaults
     img: int = 640
     batch: int = 16            # total batch, split across ranks
     epochs: int = 100

@@ -18,7 +18,7 @@ from models.awf import AWF
 from models.omnipose import Omnipose
 from models.loading import model_from_weights
 from utils.autoanchor import check_anchors
-from utils.config import from_dict, load_data_config
+from utils.config import from_dict, load_data_config, load_yaml
 from utils.dataset import CellDataset, DatasetCache, collate_fn, dataset_boxes, resolve_split
 from utils.engine import Task, TrainOptions
 from utils.flows import TARGET_CHANNELS, label_to_tensor
@@ -61,6 +61,12 @@ class SegmentationTask(Task):
 
     def training_samples(self):
         return resolve_split(self.data, "train")
+
+    def model_cfg(self) -> dict:
+        """``model_from_weights`` arguments of ``--cfg`` (a model YAML overriding the weights')."""
+        if not self.opt.cfg:
+            return {}
+        return {"config": load_yaml(self.opt.cfg), "keep_config": True}
 
     def target_fn(self):
         """Dense targets of a label map (None = the dataset's default: fg + height)."""
@@ -109,8 +115,9 @@ class AWFTask(SegmentationTask):
             model = AWF.from_config(ckpt["model_config"])
             model.load_state_dict(ckpt["model"])
             return model
-        model, source = model_from_weights("awf", self.opt.weights)
-        self.pretrained_head = source == "awf"  # its anchors come with the trained head
+        model, source = model_from_weights("awf", self.opt.weights, **self.model_cfg())
+        # a trained head keeps its anchors; a new architecture (--cfg) gets autoanchor's
+        self.pretrained_head = source == "awf" and not self.opt.cfg
         return model
 
     def build_loss(self, model: nn.Module):
@@ -181,7 +188,7 @@ class OmniposeTask(SegmentationTask):
             model = Omnipose.from_config(ckpt["model_config"])
             model.load_state_dict(ckpt["model"])
             return model
-        return model_from_weights("omnipose", self.opt.weights)[0]
+        return model_from_weights("omnipose", self.opt.weights, **self.model_cfg())[0]
 
     def build_loss(self, model: nn.Module):
         return OmniposeLoss(from_dict(OmniposeLossGains, self.hyp.loss, f"{self.opt.hyp}: loss"))
