@@ -142,3 +142,14 @@ def test_multiscale_scales_omnipose_distances_with_the_image():
     assert abs(float(out["omni"][0, d].max()) - float(want.max())) < 0.1 * float(want.max())
     assert float(out["omni"][0, d].min()) == float(want.min())  # background value unchanged
     assert float(batch["omni"][0, d].max()) < 0.6 * float(want.max())  # input untouched
+
+
+def test_validation_summary_per_modality_and_source():
+    from utils.tasks import summarize_validation
+    rows = [{"f1": 1.0, "precision": 1.0, "recall": 1.0, "modality": "gs", "source": "dic"},
+            {"f1": 0.5, "precision": 0.5, "recall": 0.5, "modality": "gs", "source": "psc"},
+            {"f1": 0.0, "precision": 0.0, "recall": 0.0, "modality": "fl", "source": ""}]
+    out = summarize_validation(rows)
+    assert out["fitness"] == out["f1"] == 0.5
+    assert out["f1_gs"] == 0.75 and out["f1_fl"] == 0.0
+    assert out["f1_src_dic"] == 1.0 and out["f1_src_psc"] == 0.5 and "f1_src_" not in out

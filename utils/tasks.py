@@ -35,15 +35,17 @@ CACHE_DIR = Path("runs/cache")
 
 
 def summarize_validation(rows: list[dict]) -> dict:
-    """Per-image rows (f1, precision, recall, modality) -> mean metrics overall and per modality.
+    """Per-image rows (f1, precision, recall, modality[, source]) -> mean metrics overall, per
+    modality (``f1_bf``...) and per named source (``f1_src_NAME``, data YAMLs with ``sources``).
 
     The challenge ranks by the mean F1 over images; ``fitness`` is that mean.
     """
     if not rows:
         return {"precision": 0.0, "recall": 0.0, "f1": 0.0, "fitness": 0.0}
     out = {k: float(np.mean([r[k] for r in rows])) for k in ("precision", "recall", "f1")}
-    for mod in sorted({r["modality"] for r in rows}):
-        out[f"f1_{mod}"] = float(np.mean([r["f1"] for r in rows if r["modality"] == mod]))
+    for key, prefix in (("modality", "f1_"), ("source", "f1_src_")):
+        for group in sorted({r.get(key) or "" for r in rows} - {""}):
+            out[prefix + group] = float(np.mean([r["f1"] for r in rows if r.get(key) == group]))
     out["fitness"] = out["f1"]
     return out
 
@@ -99,7 +101,7 @@ class SegmentationTask(Task):
             pred, _ = seg.segment(image)
             r = match_instances(gt, pred, threshold=0.5)
             rows.append({"f1": r.f1, "precision": r.precision, "recall": r.recall,
-                         "modality": s.modality or "unknown"})
+                         "modality": s.modality or "unknown", "source": s.source})
         out = summarize_validation(rows)
         out["seconds"] = time.time() - t0
         return out
