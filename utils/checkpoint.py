@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from utils.io import atomic_write
+from utils.io import atomic_write, one_line
 
 LOGGER = logging.getLogger(__name__)
 
@@ -40,8 +40,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt zip, pickled objects refused by weights_only, ...
-        msg = " ".join(str(exc).split())[:300]
-        raise CheckpointError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {msg})") from None
+        raise CheckpointError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {one_line(exc)})") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
     return ckpt
