@@ -20,9 +20,11 @@ import pandas as pd
 
 from utils.cli import add_prediction_args, router_from_args, setup_logging
 from utils.dist import select_device
-from utils.io import InputError, atomic_write, label_path_for, list_images, read_label
+from utils.checkpoint import CheckpointError
+from utils.io import (InputError, check_output_dir, check_output_file, label_path_for, list_images,
+                      read_label, write_table)
 from utils.metrics import RESULT_COLUMNS, match_instances, results_to_frame
-from utils.runner import predict_files, report_failures
+from utils.runner import empty_input_status, predict_files, report_failures
 
 LOGGER = logging.getLogger("evaluate")
 
@@ -36,6 +38,8 @@ def parse_args(argv=None):
                    help="optional split file of image paths (relative to the input's parent)")
     p.add_argument("--save-dir", default=None, help="keep the predicted labels here")
     p.add_argument("--threshold", type=float, default=0.5, help="IoU threshold of a match")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="an input without images exits 0 (else 2)")
     add_prediction_args(p)
     return p.parse_args(argv)
 
@@ -87,25 +91,30 @@ def main(argv=None) -> int:
     root = Path(args.input)
     try:
         files = image_files(root, args.list)
+        check_output_file(args.output)  # before the predictions: a bad -o must not waste them
+        if args.save_dir:
+            check_output_dir(args.save_dir)
     except InputError as exc:
         LOGGER.error("%s", exc)
         return 2
+    if not files:
+        return empty_input_status(root / "images", args.allow_empty)
     try:
         router = router_from_args(args, select_device(args.device))
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, CheckpointError) as exc:
         LOGGER.error("%s", exc)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         summary, labels = predict_files(files, router, args.save_dir or tmp, keep_labels=True)
     frame, failures = score(files, labels, summary.records)
     summary.failures += failures
-    with atomic_write(args.output) as tmp_csv:
-        frame.to_csv(tmp_csv, index=False)
+    written = write_table(frame, args.output)
     if len(frame):
         print_summary(frame)
     LOGGER.info("per-image results in %s (columns: %s, modality, branch, confidence, diameter, seconds)",
-                args.output, ", ".join(RESULT_COLUMNS))
-    return report_failures(summary)
+                written, ", ".join(RESULT_COLUMNS))
+    status = report_failures(summary)
+    return status or int(written != Path(args.output))
 
 
 if __name__ == "__main__":

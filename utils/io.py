@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -303,6 +304,71 @@ def atomic_write(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+# What atomic_write's temporary files look like: .STEM.<8 random characters>.tmp[.SUFFIX]
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?$")
+
+
+def remove_stale_temporaries(folder, older_than: float) -> int:
+    """Delete atomic_write's temporary files in ``folder`` last modified before ``older_than``
+    (a time.time() value), which a killed process left behind; returns how many."""
+    folder, n = Path(folder), 0
+    if not folder.is_dir():
+        return 0
+    for f in folder.iterdir():
+        try:
+            if _TEMPORARY.match(f.name) and f.is_file() and f.stat().st_mtime < older_than:
+                f.unlink()
+                n += 1
+        except OSError:  # gone meanwhile, or not ours to remove
+            continue
+    if n:
+        LOGGER.info("%s: removed %d temporary file(s) of an interrupted run", folder, n)
+    return n
+
+
+def check_output_dir(path) -> Path:
+    """Make ``path`` a folder (if needed) and check a file can be created in it, before any work;
+    :class:`InputError` (one line) when it cannot."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(path, "output folder expected, but this is an existing file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise InputError(path, f"cannot write in this folder ({exc.strerror or exc})") from None
+    return path
+
+
+def check_output_file(path) -> Path:
+    """Check that the file ``path`` can be written (its folder made if needed), before any work."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "output file expected, but this is an existing folder")
+    check_output_dir(path.parent)
+    return path
+
+
+def write_table(frame, path) -> Path:
+    """Write a pandas DataFrame as CSV atomically; when ``path`` cannot be written (it became a
+    folder, the disk filled up...), the table goes to the temporary folder instead and the error
+    names both: finished results are never lost. Returns the path written."""
+    path = Path(path)
+    try:
+        with atomic_write(path) as tmp:
+            frame.to_csv(tmp, index=False)
+        return path
+    except OSError as exc:
+        fd, rescue = tempfile.mkstemp(prefix=f"{path.stem}-", suffix=path.suffix or ".csv")
+        os.close(fd)
+        frame.to_csv(rescue, index=False)
+        LOGGER.error("%s: cannot write (%s); the results are in %s", path,
+                     one_line(exc.strerror or exc), rescue)
+        return Path(rescue)
 
 
 def write_label(path, label: np.ndarray) -> None:
