@@ -22,7 +22,7 @@ from utils.cli import add_prediction_args, router_from_args, setup_logging
 from utils.dist import select_device
 from utils.checkpoint import CheckpointError
 from utils.io import (InputError, check_output_dir, check_output_file, label_path_for, list_images,
-                      read_label, write_table)
+                      failure_reason, read_label, write_table)
 from utils.metrics import RESULT_COLUMNS, match_instances, results_to_frame
 from utils.runner import empty_input_status, predict_files, report_failures
 
@@ -66,11 +66,12 @@ def score(files, labels: dict, records) -> tuple[pd.DataFrame, list[str]]:
         try:
             gt = read_label(label_path_for(path, path.parent.parent / "labels"),
                             shape=labels[path.stem].shape)
-        except InputError as exc:
-            failures.append(str(exc))
+            result = match_instances(gt, labels[path.stem])
+        except Exception as exc:  # noqa: BLE001 - whatever one file raises fails that file only
+            failures.append(f"{path}: {failure_reason(exc)}")
             continue
         names.append(path.stem + "_label.tiff")
-        results.append(match_instances(gt, labels[path.stem]))
+        results.append(result)
         rec = by_name[path.stem]
         extra.append({"modality": rec.modality, "branch": rec.branch, "confidence": rec.confidence,
                       "diameter": rec.diameter, "seconds": rec.seconds})

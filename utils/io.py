@@ -76,6 +76,13 @@ def one_line(text, limit: int = 300) -> str:
     return text[:cut if cut > limit // 2 else limit].rstrip(" ,;:") + " ..."
 
 
+def failure_reason(exc: BaseException) -> str:
+    """Why a file failed, on one line: an InputError's reason, else "ExceptionType: message"."""
+    if isinstance(exc, InputError):
+        return exc.reason
+    return f"{type(exc).__name__}: {one_line(exc)}".rstrip(": ")
+
+
 # Axes letters of tifffile series: samples/channels, and the two spatial axes; tifffile's 'Q'
 # (shape saved without axes names) and 'I' (generic pages) carry no meaning.
 _CHANNEL_AXES = "SC"

@@ -22,8 +22,9 @@ import numpy as np
 from tqdm import tqdm
 
 from utils.dataset import IGNORE_SUFFIX  # NAME_ignore.png beside NAME_label.tiff
-from utils.io import (IMAGE_SUFFIXES, InputError, LABEL_SUFFIX, atomic_write, normalize_image, one_line,
-                      read_image, remove_stale_temporaries, write_image, write_label)
+from utils.io import (IMAGE_SUFFIXES, InputError, LABEL_SUFFIX, atomic_write, failure_reason,
+                      normalize_image, read_image, remove_stale_temporaries, write_image,
+                      write_label)
 from utils.plots import overlay_outlines
 
 LOGGER = logging.getLogger(__name__)
@@ -203,7 +204,7 @@ def _predict_one(path: Path, router, out_dir: Path, seen: dict, save_overlay: bo
         if save_overlay:
             write_image(out_dir / f"{path.stem}_overlay.png", overlay_outlines(image, label))
     except Exception as exc:  # noqa: BLE001 - whatever one file raises fails that file only
-        reason = exc.reason if isinstance(exc, InputError) else f"{type(exc).__name__}: {one_line(exc)}"
+        reason = failure_reason(exc)
         LOGGER.debug("failed on %s", path, exc_info=True)
         LOGGER.error("%s: %s", path, reason)
         return PredictionRecord(name=path.stem, image=image_rel, status="failed", error=reason,
