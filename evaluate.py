@@ -22,11 +22,13 @@ import pandas as pd
 
 from utils.cli import add_prediction_args, router_from_args, setup_logging
 from utils.dist import select_device
+from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, load_data_config
 from utils.dataset import resolve_split
-from utils.io import LABEL_SUFFIX, InputError, atomic_write, label_path_for, list_images, read_label
+from utils.io import (LABEL_SUFFIX, InputError, check_output_dir, check_output_file, label_path_for,
+                      list_images, failure_reason, read_label, write_table)
 from utils.metrics import RESULT_COLUMNS, match_instances, results_to_frame
-from utils.runner import predict_files, report_failures
+from utils.runner import empty_input_status, predict_files, report_failures
 
 LOGGER = logging.getLogger("evaluate")
 
@@ -42,6 +44,8 @@ def parse_args(argv=None):
                    help="optional split file of image paths (relative to the input's parent)")
     p.add_argument("--save-dir", default=None, help="keep the predicted labels here")
     p.add_argument("--threshold", type=float, default=0.5, help="IoU threshold of a match")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="an input without images exits 0 (else 2)")
     add_prediction_args(p)
     return p.parse_args(argv)
 
@@ -83,11 +87,12 @@ def score(files, labels: dict, records) -> tuple[pd.DataFrame, list[str]]:
         try:
             gt = read_label(label_path_for(path, path.parent.parent / "labels"),
                             shape=labels[path.stem].shape)
-        except InputError as exc:
-            failures.append(str(exc))
+            result = match_instances(gt, labels[path.stem])
+        except Exception as exc:  # noqa: BLE001 - whatever one file raises fails that file only
+            failures.append(f"{path}: {failure_reason(exc)}")
             continue
         names.append(path.stem + "_label.tiff")
-        results.append(match_instances(gt, labels[path.stem]))
+        results.append(result)
         rec = by_name[path.stem]
         extra.append({"modality": rec.modality, "branch": rec.branch, "confidence": rec.confidence,
                       "diameter": rec.diameter, "seconds": rec.seconds})
@@ -111,29 +116,33 @@ def main(argv=None) -> int:
     setup_logging()
     try:
         pairs = evaluation_files(args.input, args.list, args.split)
+        check_output_file(args.output)  # before the predictions: a bad -o must not waste them
+        if args.save_dir:
+            check_output_dir(args.save_dir)
     except InputError as exc:
         LOGGER.error("%s", exc)
         return 2
+    files = [f for f, _ in pairs]
+    if not files:
+        return empty_input_status(", ".join(args.input), args.allow_empty)
     try:
         router = router_from_args(args, select_device(args.device))
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, CheckpointError) as exc:
         LOGGER.error("%s", exc)
         return 2
-    files = [f for f, _ in pairs]
     with tempfile.TemporaryDirectory() as tmp:
         summary, labels = predict_files(files, router, args.save_dir or tmp, keep_labels=True)
     frame, failures = score(files, labels, summary.records)
     source = {f.stem: s for f, s in pairs}
     frame["source"] = [source[n[: -len(LABEL_SUFFIX)]] for n in frame["names"]]
     summary.failures += failures
-    with atomic_write(args.output) as tmp_csv:
-        frame.to_csv(tmp_csv, index=False)
+    written = write_table(frame, args.output)
     if len(frame):
         print_summary(frame)
     LOGGER.info("per-image results in %s (columns: %s, modality, branch, confidence, "
-                "diameter, seconds, source)",
-                args.output, ", ".join(RESULT_COLUMNS))
-    return report_failures(summary)
+                "diameter, seconds, source)", written, ", ".join(RESULT_COLUMNS))
+    status = report_failures(summary)
+    return status or int(written != Path(args.output))
 
 
 if __name__ == "__main__":

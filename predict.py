@@ -9,7 +9,9 @@ Input: a folder of images, or a dataset YAML whose ``unlabeled`` split is segmen
 --pseudo (pseudo labels for train_weakly.py) also writes OUTPUT/NAME_ignore.png (uncertain
 background, left out of the loss) and OUTPUT/confidence.csv (name, image, confidence, ...), which
 a dataset YAML names as a ``pseudo`` entry: the dataset folder when OUTPUT is its labels/ folder,
-else the path of OUTPUT/confidence.csv (see utils.dataset.resolve_split).
+else the path of OUTPUT/confidence.csv (see utils.dataset.resolve_split). The CSV (else
+OUTPUT/predictions.csv) gets one row per image as it finishes, failures included (status, error);
+--skip-existing reruns only what an interrupted run left undone.
     torchrun --nproc_per_node 2 predict.py -i inputs -o outputs --device 0,1   # input sharded
 """
 import argparse
@@ -19,8 +21,9 @@ from pathlib import Path
 
 from utils.cli import add_prediction_args, router_from_args, setup_logging
 from utils.dist import dist_info, select_device
-from utils.io import InputError, atomic_write, list_images
-from utils.runner import predict_files, records_frame, report_failures, shard
+from utils.checkpoint import CheckpointError
+from utils.io import InputError, check_output_dir, list_images
+from utils.runner import empty_input_status, predict_files, report_failures, shard
 
 LOGGER = logging.getLogger("predict")
 
@@ -36,6 +39,11 @@ def parse_args(argv=None):
     p.add_argument("--pseudo", action="store_true",
                    help="pseudo-label mode: also write NAME_ignore.png and confidence.csv "
                         "for train_weakly.py")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="skip the images that OUTPUT's predictions.csv (confidence.csv) lists as "
+                        "done and whose label exists: finishes an interrupted run")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="an input without images exits 0 (else 2)")
     return p.parse_args(argv)
 
 
@@ -57,25 +65,28 @@ def main(argv=None) -> int:
     info = dist_info()
     device = select_device(args.device, info)
     try:
-        files = shard(input_files(args.input), info.rank, info.world_size)
+        files = input_files(args.input)
+        check_output_dir(args.output)
     except InputError as exc:
         LOGGER.error("%s", exc)
         return 2
+    if not files:
+        return empty_input_status(args.input, args.allow_empty)
     try:
         router = router_from_args(args, device)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, CheckpointError) as exc:
         LOGGER.error("%s", exc)
         return 2
-    summary, _ = predict_files(files, router, args.output, save_overlay=args.save_overlay,
-                               progress=info.is_main, pseudo=args.pseudo)
-    if summary.records:
-        frame = records_frame(summary.records)
-        suffix = f"_rank{info.rank}" if info.distributed else ""
-        name = ("confidence" if args.pseudo else "predictions") + suffix + ".csv"
-        with atomic_write(Path(args.output) / name) as tmp:
-            frame.to_csv(tmp, index=False)
-    LOGGER.info("%d image(s) segmented; labels%s in %s", len(summary.records),
-                " and overlays" if args.save_overlay else "", Path(args.output).resolve())
+    suffix = f"_rank{info.rank}" if info.distributed else ""
+    csv_path = Path(args.output) / (("confidence" if args.pseudo else "predictions") + suffix + ".csv")
+    summary, _ = predict_files(shard(files, info.rank, info.world_size), router, args.output,
+                               save_overlay=args.save_overlay, progress=info.is_main,
+                               pseudo=args.pseudo, records_csv=csv_path,
+                               skip_existing=args.skip_existing)
+    LOGGER.info("%d image(s) segmented%s, %d failed; labels%s in %s, records in %s",
+                len(summary.records), f", {summary.skipped} already done" if summary.skipped else "",
+                len(summary.failures), " and overlays" if args.save_overlay else "",
+                Path(args.output).resolve(), csv_path.name)
     return report_failures(summary)
 
 

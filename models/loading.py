@@ -6,6 +6,7 @@ import logging
 import torch.nn as nn
 
 from utils.checkpoint import CheckpointError, load_checkpoint, model_state
+from utils.io import one_line
 
 LOGGER = logging.getLogger(__name__)
 
@@ -34,11 +35,18 @@ def build_model(kind: str, config: dict | None = None) -> nn.Module:
 def load_model(path, kind: str | None = None) -> nn.Module:
     """A ready-to-run model (EMA weights when present) from a checkpoint of this project."""
     ckpt = load_checkpoint(path)
-    found = checkpoint_kind(ckpt)
-    if kind is not None and found != kind:
-        raise CheckpointError(f"{path}: a {found} checkpoint where a {kind} one is expected")
-    model = build_model(found, ckpt.get("model_config"))
-    model.load_state_dict(model_state(ckpt))
+    found = "?"
+    try:
+        found = checkpoint_kind(ckpt)
+        if kind is not None and found != kind:
+            raise CheckpointError(f"a {found} checkpoint where a {kind} one is expected")
+        model = build_model(found, ckpt.get("model_config"))
+        model.load_state_dict(model_state(ckpt))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:  # weights of another model
+        raise CheckpointError(f"{path}: weights do not fit a {found} model "
+                              f"({type(exc).__name__}: {one_line(exc, 200)})") from None
     return model.eval()
 
 

@@ -23,6 +23,16 @@ def synthetic_data(tmp_path_factory) -> Path:
     return cfg
 
 
+@pytest.fixture(scope="session")
+def trained_ckpt(tmp_path_factory, synthetic_data):
+    """A few steps of train_main.py on synthetic data (the weights only need to run)."""
+    out = tmp_path_factory.mktemp("train")
+    _run_script(["train_main.py", "--data", synthetic_data, "--hyp", "data/hyps/hyp.labeled.yaml",
+                 "--img", "64", "--batch", "2", "--epochs", "1", "--workers", "0", "--device", "cpu",
+                 "--project", out, "--name", "t"])
+    return out / "t" / "weights" / "last.pt"
+
+
 def _run_script(args, cwd=REPO, timeout=600, env_extra=None, check=True):
     """Run ``python ARGS`` (a repository script or ``-m torch.distributed.run``) from the repo root."""
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env_extra or {})}

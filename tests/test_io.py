@@ -177,3 +177,56 @@ def test_list_images(tmp_path):
     assert [p.name for p in list_images(tmp_path)] == ["a.TIF", "b.png"]
     with pytest.raises(InputError):
         list_images(tmp_path / "nope")
+
+
+def _tiff(path, arr, **kw):
+    tifffile.imwrite(path, arr, **kw)
+    return path
+
+
+@pytest.mark.parametrize("case, words", [
+    ("complex64", "unsupported pixel type complex64"),
+    ("imagej_z3", "3D stack of 3 planes along axis Z"),
+    ("hwc5", "5 channels"),
+    ("chw5", "5 channels"),
+    ("one_pixel", "1x1 pixels is too small"),
+    ("one_row", "1x300 pixels is too small"),
+    ("one_column_png", "300x1 pixels is too small"),
+])
+def test_odd_shapes_and_types_are_named_for_what_they_are(tmp_path, case, words):
+    img = _image(np.uint8, 1, 30, 30)
+    path = tmp_path / f"{case}.tif"
+    if case == "complex64":
+        _tiff(path, img.astype(np.complex64))
+    elif case == "imagej_z3":  # a z-stack of 3 planes (ImageJ axes ZYX): not 3 channels
+        _tiff(path, np.stack([img] * 3), imagej=True, metadata={"axes": "ZYX"})
+    elif case == "hwc5":
+        _tiff(path, np.stack([img] * 5, axis=-1))
+    elif case == "chw5":
+        _tiff(path, np.stack([img] * 5))
+    elif case == "one_pixel":
+        _tiff(path, img[:1, :1])
+    elif case == "one_row":
+        _tiff(path, np.zeros((1, 300), np.uint16))
+    elif case == "one_column_png":
+        path = tmp_path / "col.png"
+        cv2.imwrite(str(path), np.zeros((300, 1), np.uint8))
+    with pytest.raises(InputError) as err:
+        read_image(path)
+    _one_line(err.value, path.name)
+    assert words in str(err.value)
+    assert "shape ()" not in str(err.value) and "(300,)" not in str(err.value)
+
+
+def test_tiff_axes_metadata_decides_channels(tmp_path, caplog):
+    img = _image(np.uint16, 3)
+    chw = np.moveaxis(img, -1, 0)
+    ij = _tiff(tmp_path / "ij.tif", chw, imagej=True, metadata={"axes": "CYX"})
+    np.testing.assert_array_equal(read_image(ij), img)  # named channels: no warning
+    assert not caplog.records
+    pages = _tiff(tmp_path / "pages.tif", chw, photometric="minisblack")
+    with caplog.at_level("WARNING"):
+        np.testing.assert_array_equal(read_image(pages), img)
+    assert "3 pages without axes metadata" in caplog.text  # not silent any more
+    # a singleton spatial axis is not squeezed away: 2x2 is the smallest image
+    assert read_image(_tiff(tmp_path / "two.tif", np.ones((2, 2), np.uint8))).shape == (2, 2, 1)

@@ -13,17 +13,6 @@ from utils.routing import OmniRule, RoutingConfig, Router, load_routing
 from tests.conftest import REPO
 
 
-@pytest.fixture(scope="module")
-def trained_ckpt(tmp_path_factory, synthetic_data):
-    """A few steps of train_main.py on synthetic data (the weights only need to run)."""
-    from tests.conftest import _run_script
-    out = tmp_path_factory.mktemp("train")
-    _run_script(["train_main.py", "--data", synthetic_data, "--hyp", "data/hyps/hyp.labeled.yaml",
-                 "--img", "64", "--batch", "2", "--epochs", "1", "--workers", "0", "--device", "cpu",
-                 "--project", out, "--name", "t"])
-    return out / "t" / "weights" / "last.pt"
-
-
 def _images(synthetic_data) -> Path:
     return synthetic_data.parent / "set"
 
@@ -42,7 +31,8 @@ def test_predict_writes_labels_and_reports_bad_files(tmp_path, trained_ckpt, syn
         assert (tmp_path / "out" / f"{img.stem}_overlay.png").is_file()
     assert not list((tmp_path / "out").glob(".*tmp*"))  # nothing half-written left
     records = pd.read_csv(tmp_path / "out" / "predictions.csv")
-    assert set(records["modality"]) == {"bf", "fl", "gs"}
+    assert set(records[records.status == "ok"]["modality"]) == {"bf", "fl", "gs"}
+    assert list(records[records.status == "failed"]["name"]) == ["corrupt"]  # listed with its status
 
 
 def test_evaluate_f1_equals_compute_metric(tmp_path, trained_ckpt, synthetic_data, run_script):

@@ -154,4 +154,5 @@ def main(argv=None) -> np.ndarray:
 
 
 if __name__ == "__main__":
-    main()
+    from utils.errors import exit_on_error
+    exit_on_error(main)

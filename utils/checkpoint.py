@@ -11,11 +11,12 @@ Nothing in it needs pickle to run code, so ``torch.load(path, weights_only=True)
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import torch
 
-from utils.io import atomic_write
+from utils.io import atomic_write, one_line
 
 LOGGER = logging.getLogger(__name__)
 
@@ -32,6 +33,16 @@ def save_checkpoint_atomic(ckpt: dict, path) -> Path:
     return path
 
 
+def _load_failure(exc: Exception) -> str:
+    """One line for a failed torch.load: a refused pickle says which object it holds."""
+    text = str(exc)
+    if "Weights only load failed" in text:
+        found = re.search(r"(unsupported GLOBAL [^ ]+|Unsupported global: [^ ]+)", text)
+        return ("refused: it holds Python objects that weights_only=True loading does not run"
+                + (f" ({found.group(1)})" if found else ""))
+    return f"cannot load checkpoint ({type(exc).__name__}: {one_line(exc)})"
+
+
 def load_checkpoint(path, map_location="cpu") -> dict:
     """Load a checkpoint with ``weights_only=True``; errors are one line naming the file."""
     path = Path(path)
@@ -40,8 +51,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt zip, pickled objects refused by weights_only, ...
-        msg = " ".join(str(exc).split())[:300]
-        raise CheckpointError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {msg})") from None
+        raise CheckpointError(f"{path}: {_load_failure(exc)}") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
     return ckpt

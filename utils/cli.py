@@ -60,7 +60,7 @@ def latest_last_pt(project: str = "runs/train") -> str:
     from pathlib import Path
     found = sorted(Path(project).glob("*/weights/last.pt"), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise SystemExit(f"--resume: no {project}/*/weights/last.pt to resume from")
+        raise FileNotFoundError(f"--resume: no {project}/*/weights/last.pt to resume from")
     return str(found[-1])
 
 
@@ -108,9 +108,11 @@ def router_from_args(args, device):
 def train_cli(task_cls, description: str, argv=None, **defaults) -> None:
     """The whole of a training script: parse the YOLOv5-style flags (``defaults`` as for
     :func:`training_parser`), set up logging, train ``task_cls`` on the engine."""
-    from utils.engine import run_training
+    from utils.engine import TrainingDiverged, run_training
+    from utils.errors import exit_on_error
     args = training_parser(description, **defaults).parse_args(argv)
     setup_logging()
-    best = run_training(task_cls, options_from_args(args))
+    best = exit_on_error(lambda: run_training(task_cls, options_from_args(args)),
+                         failures=(TrainingDiverged,))
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"done: {best}")

@@ -96,7 +96,9 @@ def _read_csv_column(path: Path, column: str) -> dict[str, str]:
             fields = reader.fieldnames or []
             if "name" not in fields or column not in fields:
                 raise uio.InputError(path, f"expected the columns name,{column}; got {fields}")
-            return {_stem(row["name"]): (row[column] or "").strip() for row in reader if row.get("name")}
+            # predict.py's CSVs also list the images that failed (status other than ok)
+            return {_stem(row["name"]): (row[column] or "").strip() for row in reader
+                    if row.get("name") and (row.get("status") or "ok").strip() == "ok"}
     except (OSError, csv.Error, UnicodeDecodeError) as exc:
         raise uio.InputError(path, f"cannot read CSV ({type(exc).__name__}: {exc})") from None
 

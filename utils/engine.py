@@ -33,7 +33,7 @@ from utils import dist as du
 from utils.checkpoint import load_checkpoint, save_checkpoint_atomic
 from utils.config import Hyp, from_dict, load_config, to_dict
 from utils.dataset import build_dataloader
-from utils.io import atomic_write
+from utils.io import atomic_write, remove_stale_temporaries
 from utils.plots import plot_results
 from utils.precision import log_precision, resolve_precision
 
@@ -323,6 +323,8 @@ class Trainer:
 
     def _write_run_files(self):
         self.wdir.mkdir(parents=True, exist_ok=True)
+        for folder in (self.save_dir, self.wdir):  # half-written files of a killed run
+            remove_stale_temporaries(folder, time.time())
         (self.save_dir / "opt.yaml").write_text(yaml.safe_dump(asdict(self.opt), sort_keys=False))
         (self.save_dir / "hyp.yaml").write_text(yaml.safe_dump(to_dict(self.hyp), sort_keys=False))
 

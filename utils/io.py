@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -66,48 +67,124 @@ def label_path_for(image_path, labels_dir) -> Path:
     return Path(labels_dir) / (Path(image_path).stem + LABEL_SUFFIX)
 
 
-def _read_raw(path: Path) -> np.ndarray:
+def one_line(text, limit: int = 300) -> str:
+    """``text`` on one line, cut at a word boundary (with "...") past ``limit`` characters."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit)
+    return text[:cut if cut > limit // 2 else limit].rstrip(" ,;:") + " ..."
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a file failed, on one line: an InputError's reason, else "ExceptionType: message"."""
+    if isinstance(exc, InputError):
+        return exc.reason
+    return f"{type(exc).__name__}: {one_line(exc)}".rstrip(": ")
+
+
+# Axes letters of tifffile series: samples/channels, and the two spatial axes; tifffile's 'Q'
+# (shape saved without axes names) and 'I' (generic pages) carry no meaning.
+_CHANNEL_AXES = "SC"
+_UNNAMED_AXES = "QI"
+# Without axes metadata, a first or last axis up to this long is read as channels (and more than 4
+# reported as too many channels), a longer one as the planes of a 3D stack.
+GUESS_CHANNELS_MAX = 8
+MAX_CHANNELS = 4
+MIN_IMAGE_SIDE = 2  # pixels; a 1-pixel row or column is not a 2D image
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
+    with tifffile.TiffFile(str(path)) as tif:
+        series = tif.series[0]
+        return series.asarray(), series.axes
+
+
+def _read_raw(path: Path) -> tuple[np.ndarray, str]:
+    """The stored array and its axes (tifffile's letters; YX[S] for other formats; "" if unknown)."""
     if not path.is_file():
         raise InputError(path, "no such file")
     if path.stat().st_size == 0:
         raise InputError(path, "empty file (0 bytes)")
+    axes = ""
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            arr = tifffile.imread(str(path))
+            arr, axes = _read_tiff(path)
         else:
             arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
             if arr is None:
                 raise ValueError("not a readable image")
             if arr.ndim == 3 and arr.shape[2] >= 3:  # OpenCV gives BGR(A)
                 arr = arr[..., [2, 1, 0] + list(range(3, arr.shape[2]))]
+            axes = "YXS"[:arr.ndim]
     except InputError:
         raise
     except Exception as exc:  # tifffile/cv2 raise many types for corrupt files
-        raise InputError(path, f"cannot read ({type(exc).__name__}: {exc})") from None
+        raise InputError(path, f"cannot read ({type(exc).__name__}: {one_line(exc)})") from None
     arr = np.asarray(arr)
     if arr.size == 0:
         raise InputError(path, f"image has no pixels (shape {arr.shape})")
-    return arr
+    if len(axes) != arr.ndim:
+        axes = ""
+    return arr, axes
 
 
-def _to_hwc(arr: np.ndarray, path) -> np.ndarray:
-    """Squeeze singleton axes and return (H, W, C) with C in 1..4 (channel-first is detected)."""
-    arr = np.squeeze(arr)
+def _drop_singletons(arr: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
+    """Remove length-1 axes, except the spatial ones (Y, X; the last two when unnamed)."""
+    names = axes or "?" * max(arr.ndim - 2, 0) + "YX"[-min(arr.ndim, 2):]
+    keep = [i for i, a in enumerate(names) if arr.shape[i] != 1 or a in "YX"]
+    return arr.reshape([arr.shape[i] for i in keep]), "".join(names[i] for i in keep) if axes else ""
+
+
+def _channels_last(arr: np.ndarray, path, axis: int) -> np.ndarray:
+    n = arr.shape[axis]
+    if n > MAX_CHANNELS:
+        raise InputError(path, f"{n} channels (shape {arr.shape}); at most {MAX_CHANNELS} are supported")
+    return np.moveaxis(arr, axis, -1)
+
+
+def _to_hwc(arr: np.ndarray, axes: str, path) -> np.ndarray:
+    """``(H, W, C)`` with C in 1..4. A TIFF's axes metadata decides which axis holds channels
+    (S, C) and which planes of a stack (Z, T, ...); without it (Q, I, or another format) a short
+    first or last axis holds channels."""
+    arr, axes = _drop_singletons(arr, axes)
+    if arr.ndim < 2:
+        raise InputError(path, f"a 1D array of shape {arr.shape} where a 2D image is expected")
     if arr.ndim == 2:
-        return arr[..., None]
-    if arr.ndim != 3:
-        raise InputError(path, f"expected a 2D image, got an array of shape {arr.shape}")
-    if arr.shape[-1] <= 4:
-        return arr
-    if arr.shape[0] <= 4:
-        return np.moveaxis(arr, 0, -1)
-    raise InputError(path, f"3D stack of shape {arr.shape} where a 2D image is expected")
+        out = arr[..., None]
+    elif arr.ndim != 3:
+        where = f"axes {axes}, " if axes else ""
+        raise InputError(path, f"expected a 2D image, got an array of {where}shape {arr.shape}")
+    else:
+        extra = [i for i, a in enumerate(axes) if a not in "YX"] if axes else []
+        kind = axes[extra[0]] if len(extra) == 1 and "Y" in axes and "X" in axes else ""
+        if kind and kind in _CHANNEL_AXES:
+            out = _channels_last(arr, path, extra[0])
+        elif kind and kind not in _UNNAMED_AXES:
+            raise InputError(path, f"3D stack of {arr.shape[extra[0]]} planes along axis {kind} "
+                                   f"(axes {axes}, shape {arr.shape}) where a 2D image is expected")
+        elif arr.shape[-1] <= GUESS_CHANNELS_MAX:
+            out = _channels_last(arr, path, -1)
+        elif arr.shape[0] <= GUESS_CHANNELS_MAX:
+            out = _channels_last(arr, path, 0)
+            if kind:
+                LOGGER.warning("%s: %d pages without axes metadata, read as channels",
+                               path, arr.shape[0])
+        else:
+            raise InputError(path, f"3D stack of shape {arr.shape} where a 2D image is expected")
+    h, w = out.shape[:2]
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise InputError(path, f"image of {h}x{w} pixels is too small "
+                               f"(each side must be at least {MIN_IMAGE_SIDE} pixels)")
+    return out
 
 
 def read_image(path) -> np.ndarray:
     """Read an image as ``(H, W, C)``, C in 1..4, in its stored dtype (uint8/uint16/int16/float32...)."""
     path = Path(path)
-    arr = _to_hwc(_read_raw(path), path)
+    arr = _to_hwc(*_read_raw(path), path)
+    if arr.dtype.kind not in "biuf":
+        raise InputError(path, f"unsupported pixel type {arr.dtype} (real numbers expected)")
     if arr.dtype.kind == "f" and np.isnan(arr).all():
         raise InputError(path, "all pixels are NaN")
     if arr.dtype == bool:
@@ -199,7 +276,7 @@ def load_image(path) -> np.ndarray:
 def read_label(path, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Read an instance label map as ``(H, W) int32``; ``shape`` (H, W) is checked when given."""
     path = Path(path)
-    arr = np.squeeze(_read_raw(path))
+    arr = np.squeeze(_read_raw(path)[0])
     if arr.ndim == 3 and arr.shape[-1] in (3, 4) and path.suffix.lower() not in (".tif", ".tiff"):
         arr = arr[..., 0]  # a PNG label saved as RGB grey
     if arr.ndim != 2:
@@ -234,6 +311,71 @@ def atomic_write(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+# What atomic_write's temporary files look like: .STEM.<8 random characters>.tmp[.SUFFIX]
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?$")
+
+
+def remove_stale_temporaries(folder, older_than: float) -> int:
+    """Delete atomic_write's temporary files in ``folder`` last modified before ``older_than``
+    (a time.time() value), which a killed process left behind; returns how many."""
+    folder, n = Path(folder), 0
+    if not folder.is_dir():
+        return 0
+    for f in folder.iterdir():
+        try:
+            if _TEMPORARY.match(f.name) and f.is_file() and f.stat().st_mtime < older_than:
+                f.unlink()
+                n += 1
+        except OSError:  # gone meanwhile, or not ours to remove
+            continue
+    if n:
+        LOGGER.info("%s: removed %d temporary file(s) of an interrupted run", folder, n)
+    return n
+
+
+def check_output_dir(path) -> Path:
+    """Make ``path`` a folder (if needed) and check a file can be created in it, before any work;
+    :class:`InputError` (one line) when it cannot."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(path, "output folder expected, but this is an existing file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise InputError(path, f"cannot write in this folder ({exc.strerror or exc})") from None
+    return path
+
+
+def check_output_file(path) -> Path:
+    """Check that the file ``path`` can be written (its folder made if needed), before any work."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "output file expected, but this is an existing folder")
+    check_output_dir(path.parent)
+    return path
+
+
+def write_table(frame, path) -> Path:
+    """Write a pandas DataFrame as CSV atomically; when ``path`` cannot be written (it became a
+    folder, the disk filled up...), the table goes to the temporary folder instead and the error
+    names both: finished results are never lost. Returns the path written."""
+    path = Path(path)
+    try:
+        with atomic_write(path) as tmp:
+            frame.to_csv(tmp, index=False)
+        return path
+    except OSError as exc:
+        fd, rescue = tempfile.mkstemp(prefix=f"{path.stem}-", suffix=path.suffix or ".csv")
+        os.close(fd)
+        frame.to_csv(rescue, index=False)
+        LOGGER.error("%s: cannot write (%s); the results are in %s", path,
+                     one_line(exc.strerror or exc), rescue)
+        return Path(rescue)
 
 
 def write_label(path, label: np.ndarray) -> None:

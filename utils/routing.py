@@ -121,15 +121,20 @@ class Router:
         return self._models[key]
 
     def check_checkpoints(self) -> None:
-        """Fail early, in one line, when no checkpoint can run (before any image is read)."""
+        """Load every checkpoint this run can use, once, before any image is read: a missing
+        one raises FileNotFoundError, a corrupt or refused one CheckpointError (one line each)."""
         if self.ckpt:
             if not Path(self.ckpt).is_file():
                 raise FileNotFoundError(f"--ckpt {self.ckpt}: no such checkpoint")
+            self._model(Path(self.ckpt))
             return
         general = self.ckpt_dir / self.cfg.model_dict[self.cfg.general]
         if not general.is_file():
             raise FileNotFoundError(f"{general}: default weights missing (see ckpts/README.md), "
                                     "or pass --ckpt PATH")
+        for name in dict.fromkeys(self.cfg.model_dict.values()):
+            if (self.ckpt_dir / name).is_file():
+                self._model(self.ckpt_dir / name)
 
     def branch_path(self, branch: str) -> Path | None:
         """Checkpoint of a branch; a missing file falls back to the general branch (warned once)."""

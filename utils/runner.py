@@ -10,20 +10,26 @@ instead of learning them as background.
 """
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from utils.dataset import IGNORE_SUFFIX  # NAME_ignore.png beside NAME_label.tiff
-from utils.io import InputError, LABEL_SUFFIX, normalize_image, read_image, write_image, write_label
+from utils.io import (IMAGE_SUFFIXES, InputError, LABEL_SUFFIX, atomic_write, failure_reason,
+                      normalize_image, read_image, remove_stale_temporaries, write_image,
+                      write_label)
 from utils.plots import overlay_outlines
 
 LOGGER = logging.getLogger(__name__)
+# Temporary files older than this process are a killed run's debris (removed on start).
+_STARTED = time.time()
 
 # Pseudo-label ignore band: a background pixel whose foreground probability lies strictly between
 # these is uncertain (a symmetric band around the 0.5 decision threshold; this project's choice).
@@ -33,7 +39,7 @@ PSEUDO_IGNORE_HIGH = 0.7
 
 @dataclass
 class PredictionRecord:
-    """What happened to one image."""
+    """What happened to one image (a row of predictions.csv / confidence.csv)."""
 
     name: str
     modality: str = ""
@@ -44,12 +50,70 @@ class PredictionRecord:
     seconds: float = 0.0
     label_path: str = ""
     image: str = ""               # the source image, relative to the output folder when possible
+    status: str = "ok"            # "ok" or "failed"
+    error: str = ""               # the one-line reason of a failure
+
+
+RECORD_FIELDS = [f.name for f in fields(PredictionRecord)]
 
 
 @dataclass
 class RunSummary:
-    records: list[PredictionRecord] = field(default_factory=list)
+    records: list[PredictionRecord] = field(default_factory=list)   # the images segmented (ok)
     failures: list[str] = field(default_factory=list)   # one line each: "path: reason"
+    skipped: int = 0                                    # already done (skip_existing)
+
+
+def _record_from_row(row: dict) -> PredictionRecord:
+    """A CSV row (strings) -> record; raises ValueError on a malformed row."""
+    values = {}
+    for f in fields(PredictionRecord):
+        text = row.get(f.name)
+        if text is None:
+            continue
+        values[f.name] = type(f.default)(text) if f.name != "name" else text
+    return PredictionRecord(**values)
+
+
+class RecordLog:
+    """The CSV of the run's records: each row is appended and flushed as its image finishes, so a
+    killed run keeps every finished record.
+
+    ``resume``: the complete rows of an earlier run whose status is ok and whose label file still
+    exists are kept (:attr:`done`, name -> record) and the rest dropped (a half-written last row,
+    failures, which are retried); otherwise the file starts empty.
+    """
+
+    def __init__(self, path, resume: bool = False):
+        self.path = Path(path)
+        self.done: dict[str, PredictionRecord] = {}
+        if resume and self.path.is_file():
+            self.done = {r.name: r for r in self._read() if r.status == "ok" and Path(r.label_path).is_file()}
+        with atomic_write(self.path) as tmp, open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, RECORD_FIELDS)
+            writer.writeheader()
+            writer.writerows(r.__dict__ for r in self.done.values())
+        self._fh = open(self.path, "a", newline="")
+        self._writer = csv.DictWriter(self._fh, RECORD_FIELDS)
+
+    def _read(self) -> list[PredictionRecord]:
+        text = self.path.read_text(errors="replace")
+        if not text.endswith("\n"):  # killed in the middle of a row: drop it
+            text = text[:text.rfind("\n") + 1]
+        out = []
+        for row in csv.DictReader(io.StringIO(text)):
+            try:
+                out.append(_record_from_row(row))
+            except (TypeError, ValueError):
+                LOGGER.warning("%s: malformed row for %s dropped", self.path, row.get("name"))
+        return out
+
+    def append(self, rec: PredictionRecord) -> None:
+        self._writer.writerow(rec.__dict__)
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
 
 
 def shard(files: list[Path], rank: int, world_size: int) -> list[Path]:
@@ -81,54 +145,85 @@ def _relative(path: Path, folder: Path) -> str:
 
 
 def predict_files(files: list[Path], router, out_dir, save_overlay: bool = False,
-                  progress: bool = True, keep_labels: bool = False,
-                  pseudo: bool = False) -> tuple[RunSummary, dict]:
+                  progress: bool = True, keep_labels: bool = False, pseudo: bool = False,
+                  records_csv=None, skip_existing: bool = False) -> tuple[RunSummary, dict]:
     """Segment ``files`` with ``router`` into ``out_dir/NAME_label.tiff``.
 
     ``pseudo``: also ``out_dir/NAME_ignore.png`` (see :func:`uncertain_mask`). Two inputs with
-    the same stem would overwrite each other's output: the second is reported as a failure.
+    the same stem would overwrite each other's output: the second is reported as a failure. Any
+    exception while handling one file fails that file only.
+    ``records_csv``: a :class:`RecordLog` path, one row per file (failures included) written as
+    each file finishes; with ``skip_existing``, files it already lists as done are skipped.
     Returns the summary and, when ``keep_labels``, a dict name -> label map (for evaluate.py).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir, _STARTED)
+    log = RecordLog(records_csv, resume=skip_existing) if records_csv else None
     summary, labels = RunSummary(), {}
     bar = tqdm(files, desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
     seen: dict[str, Path] = {}
-    for path in bar:
-        t0 = time.time()
-        try:
-            if path.stem in seen:
-                raise InputError(path, f"same name as {seen[path.stem]}: its output would be overwritten")
-            seen[path.stem] = path
-            raw = read_image(path)
-            image = normalize_image(raw)
-            label, info = router.segment(raw, image)
-            label_path = out_dir / (path.stem + LABEL_SUFFIX)
-            write_label(label_path, label)
-            if pseudo:
-                _write_ignore(out_dir / (path.stem + IGNORE_SUFFIX), info.get("fg"), label)
-            if save_overlay:
-                write_image(out_dir / f"{path.stem}_overlay.png", overlay_outlines(image, label))
-        except InputError as exc:
-            summary.failures.append(str(exc))
-            LOGGER.error("%s", exc)
-            continue
-        except (ValueError, RuntimeError, MemoryError, OSError) as exc:
-            reason = " ".join(str(exc).split())[:200]
-            summary.failures.append(f"{path}: {type(exc).__name__}: {reason}")
-            LOGGER.error("%s: %s: %s", path, type(exc).__name__, reason)
-            continue
-        rec = PredictionRecord(name=path.stem, modality=info.get("modality", ""),
-                               branch=info.get("branch", ""), n_cells=int(info.get("n_cells", 0)),
-                               confidence=round(float(info.get("fg_conf", 0.0)), 4),
-                               diameter=round(float(info.get("diameter", 0.0)), 2),
-                               seconds=round(time.time() - t0, 3), label_path=str(label_path),
-                               image=_relative(path, out_dir))
-        summary.records.append(rec)
-        if keep_labels:
-            labels[path.stem] = label
-        bar.set_postfix(cells=rec.n_cells, branch=rec.branch, refresh=False)
+    try:
+        for path in bar:
+            rec = _predict_one(path, router, out_dir, seen, save_overlay, pseudo, labels,
+                               keep_labels, log.done if log and skip_existing else {})
+            if rec is None:
+                summary.skipped += 1
+                continue
+            if log:
+                log.append(rec)
+            if rec.status == "ok":
+                summary.records.append(rec)
+                bar.set_postfix(cells=rec.n_cells, branch=rec.branch, refresh=False)
+            else:
+                summary.failures.append(f"{path}: {rec.error}")
+    finally:
+        if log:
+            log.close()
     return summary, labels
+
+
+def _predict_one(path: Path, router, out_dir: Path, seen: dict, save_overlay: bool, pseudo: bool,
+                 labels: dict, keep_labels: bool, done: dict) -> PredictionRecord | None:
+    """One file -> its record (status failed with the reason on any exception); None = done before."""
+    t0 = time.time()
+    image_rel = _relative(path, out_dir)
+    try:
+        if path.stem in seen:
+            raise InputError(path, f"same name as {seen[path.stem]}: its output would be overwritten")
+        seen[path.stem] = path
+        if path.stem in done and done[path.stem].image == image_rel:
+            return None
+        raw = read_image(path)
+        image = normalize_image(raw)
+        label, info = router.segment(raw, image)
+        label_path = out_dir / (path.stem + LABEL_SUFFIX)
+        write_label(label_path, label)
+        if pseudo:
+            _write_ignore(out_dir / (path.stem + IGNORE_SUFFIX), info.get("fg"), label)
+        if save_overlay:
+            write_image(out_dir / f"{path.stem}_overlay.png", overlay_outlines(image, label))
+    except Exception as exc:  # noqa: BLE001 - whatever one file raises fails that file only
+        reason = failure_reason(exc)
+        LOGGER.debug("failed on %s", path, exc_info=True)
+        LOGGER.error("%s: %s", path, reason)
+        return PredictionRecord(name=path.stem, image=image_rel, status="failed", error=reason,
+                                seconds=round(time.time() - t0, 3))
+    if keep_labels:
+        labels[path.stem] = label
+    return PredictionRecord(name=path.stem, modality=info.get("modality", ""),
+                            branch=info.get("branch", ""), n_cells=int(info.get("n_cells", 0)),
+                            confidence=round(float(info.get("fg_conf", 0.0)), 4),
+                            diameter=round(float(info.get("diameter", 0.0)), 2),
+                            seconds=round(time.time() - t0, 3), label_path=str(label_path),
+                            image=image_rel)
+
+
+def empty_input_status(source, allow_empty: bool) -> int:
+    """An input without any image: warned; exit status 0 when ``allow_empty``, else 2."""
+    LOGGER.warning("%s: no image to segment (looked for %s)%s", source, " ".join(IMAGE_SUFFIXES),
+                   "" if allow_empty else "; pass --allow-empty if this is expected")
+    return 0 if allow_empty else 2
 
 
 def report_failures(summary: RunSummary) -> int:
@@ -140,7 +235,3 @@ def report_failures(summary: RunSummary) -> int:
         LOGGER.error("  %s", line)
     return 1
 
-
-def records_frame(records: list[PredictionRecord]):
-    import pandas as pd
-    return pd.DataFrame([r.__dict__ for r in records])

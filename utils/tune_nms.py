@@ -22,7 +22,7 @@ from utils.cli import setup_logging
 from utils.config import load_data_config
 from utils.dataset import DatasetCache, resolve_split
 from utils.inference import AWFSegmenter
-from utils.io import atomic_write
+from utils.io import check_output_file, write_table
 from utils.metrics import match_instances
 from utils.nms import non_max_suppression
 from utils.precision import MODES, log_precision, resolve_precision
@@ -67,6 +67,7 @@ def main(argv=None):
     p.add_argument("-o", "--output", default="runs/tune_nms.csv")
     args = p.parse_args(argv)
     setup_logging()
+    check_output_file(args.output)  # before the sweep: a bad -o must not waste it
     samples = resolve_split(load_data_config(args.data), args.split)
     cache = DatasetCache(samples, "runs/cache")
     device = torch.device(args.device)
@@ -75,10 +76,10 @@ def main(argv=None):
     seg = AWFSegmenter(load_model(args.ckpt, kind="awf"), device, precision=precision)
     items = ((s.image.stem, cache.modality(s), cache.image(s), cache.label(s)) for s in samples)
     frame = sweep(seg, list(items), args.conf, args.iou)
-    with atomic_write(args.output) as tmp:
-        frame.to_csv(tmp, index=False)
+    write_table(frame, args.output)
     print(best_per_modality(frame).to_string(index=False))
 
 
 if __name__ == "__main__":
-    main()
+    from utils.errors import exit_on_error
+    exit_on_error(main)
