@@ -33,6 +33,10 @@ def parse_args(argv=None):
     p.add_argument("-o", "--output", required=True, help="folder for NAME_label.tiff files")
     add_prediction_args(p)
     p.add_argument("--save-overlay", action="store_true", help="also write NAME_overlay.png")
+    p.add_argument("--save-rois", action="store_true",
+                   help="also write NAME_rois.zip: an ImageJ/Fiji ROI set, one polygon per cell")
+    p.add_argument("--save-geojson", action="store_true",
+                   help="also write NAME.geojson: cell polygons for QuPath (pixels, origin top-left)")
     p.add_argument("--pseudo", action="store_true",
                    help="pseudo-label mode: also write NAME_ignore.png and confidence.csv "
                         "for train_weakly.py")
@@ -67,7 +71,8 @@ def main(argv=None) -> int:
         LOGGER.error("%s", exc)
         return 2
     summary, _ = predict_files(files, router, args.output, save_overlay=args.save_overlay,
-                               progress=info.is_main, pseudo=args.pseudo)
+                               progress=info.is_main, pseudo=args.pseudo,
+                               save_rois=args.save_rois, save_geojson=args.save_geojson)
     if summary.records:
         frame = records_frame(summary.records)
         suffix = f"_rank{info.rank}" if info.distributed else ""

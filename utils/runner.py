@@ -22,6 +22,7 @@ from tqdm import tqdm
 from utils.dataset import IGNORE_SUFFIX  # NAME_ignore.png beside NAME_label.tiff
 from utils.io import InputError, LABEL_SUFFIX, normalize_image, read_image, write_image, write_label
 from utils.plots import overlay_outlines
+from utils.shapes import write_outlines
 
 LOGGER = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class PredictionRecord:
     confidence: float = 0.0       # mean foreground probability over pixels above 0.5
     diameter: float = 0.0         # median cell diameter, pixels (utils.inference.median_diameter)
     seconds: float = 0.0
-    label_path: str = ""
+    label_path: str = ""          # relative to the output folder (NAME_label.tiff)
     image: str = ""               # the source image, relative to the output folder when possible
 
 
@@ -82,11 +83,14 @@ def _relative(path: Path, folder: Path) -> str:
 
 def predict_files(files: list[Path], router, out_dir, save_overlay: bool = False,
                   progress: bool = True, keep_labels: bool = False,
-                  pseudo: bool = False) -> tuple[RunSummary, dict]:
+                  pseudo: bool = False, save_rois: bool = False,
+                  save_geojson: bool = False) -> tuple[RunSummary, dict]:
     """Segment ``files`` with ``router`` into ``out_dir/NAME_label.tiff``.
 
     ``pseudo``: also ``out_dir/NAME_ignore.png`` (see :func:`uncertain_mask`). Two inputs with
     the same stem would overwrite each other's output: the second is reported as a failure.
+    ``save_rois`` / ``save_geojson``: also NAME_rois.zip (Fiji) / NAME.geojson (QuPath), see
+    utils/shapes.py.
     Returns the summary and, when ``keep_labels``, a dict name -> label map (for evaluate.py).
     """
     out_dir = Path(out_dir)
@@ -109,6 +113,7 @@ def predict_files(files: list[Path], router, out_dir, save_overlay: bool = False
                 _write_ignore(out_dir / (path.stem + IGNORE_SUFFIX), info.get("fg"), label)
             if save_overlay:
                 write_image(out_dir / f"{path.stem}_overlay.png", overlay_outlines(image, label))
+            write_outlines(out_dir, path.stem, label, rois=save_rois, geojson=save_geojson)
         except InputError as exc:
             summary.failures.append(str(exc))
             LOGGER.error("%s", exc)
@@ -122,7 +127,8 @@ def predict_files(files: list[Path], router, out_dir, save_overlay: bool = False
                                branch=info.get("branch", ""), n_cells=int(info.get("n_cells", 0)),
                                confidence=round(float(info.get("fg_conf", 0.0)), 4),
                                diameter=round(float(info.get("diameter", 0.0)), 2),
-                               seconds=round(time.time() - t0, 3), label_path=str(label_path),
+                               seconds=round(time.time() - t0, 3),
+                               label_path=_relative(label_path, out_dir),
                                image=_relative(path, out_dir))
         summary.records.append(rec)
         if keep_labels:
