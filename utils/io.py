@@ -107,9 +107,17 @@ def _to_hwc(arr: np.ndarray, path) -> np.ndarray:
 def read_image(path) -> np.ndarray:
     """Read an image as ``(H, W, C)``, C in 1..4, in its stored dtype (uint8/uint16/int16/float32...)."""
     path = Path(path)
-    arr = _to_hwc(_read_raw(path), path)
+    return as_image(_read_raw(path), path)
+
+
+def as_image(arr, source="array") -> np.ndarray:
+    """An in-memory image (2D, HWC or CHW, C <= 4) as :func:`read_image` returns a file's;
+    ``source`` names it in an :class:`InputError`."""
+    arr = _to_hwc(np.asarray(arr), source)
+    if arr.size == 0:
+        raise InputError(source, f"image has no pixels (shape {arr.shape})")
     if arr.dtype.kind == "f" and np.isnan(arr).all():
-        raise InputError(path, "all pixels are NaN")
+        raise InputError(source, "all pixels are NaN")
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
     return arr
