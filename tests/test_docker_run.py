@@ -1,11 +1,11 @@
 """The challenge image built and run for real: `docker run --network none ... sh predict.sh` on the
 bundled examples gives the labels predict.py gives outside Docker.
 
-Runs only when a Docker daemon answers. It uses the image ``$ALLCELL_IMAGE`` (default
-allcell:cpu) when that image holds this checkout's code and weights; with ``$ALLCELL_WHEELS``
-(a folder of wheels, see docker/build_offline.sh) it (re)builds the image first, which takes
-minutes (the requirements layer is cached after the first build); otherwise it skips and says
-how to build one.
+Runs only when a Docker daemon answers, on the image ``$ALLCELL_IMAGE`` (default allcell:cpu);
+with ``$ALLCELL_WHEELS`` (a folder of wheels, see docker/build_offline.sh) it (re)builds the
+image first, which takes minutes (the requirements layer is cached after the first build).
+Without the image it skips and says how to build one; when the labels differ it fails unless
+the image holds other code or weights than this checkout (then it skips: rebuild).
 """
 import hashlib
 import os
@@ -59,7 +59,7 @@ def image_listing() -> str | None:
     if _docker("image", "inspect", IMAGE).returncode != 0:
         return None
     proc = _docker("run", "--rm", "--network", "none", IMAGE, "/bin/sh", "-c", LISTING,
-                   timeout=120)
+                   timeout=900)  # vfs storage driver: minutes to start a container
     return proc.stdout if proc.returncode == 0 else None
 
 
@@ -72,13 +72,9 @@ def image():
         proc = subprocess.run(["sh", "docker/build_offline.sh", IMAGE, wheels], cwd=REPO,
                               capture_output=True, text=True, timeout=3600, check=False)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    listing = image_listing()
-    if listing is None:
+    if _docker("image", "inspect", IMAGE).returncode != 0:
         pytest.skip(f"no image {IMAGE}: sh docker/build_offline.sh {IMAGE} WHEELS "
                     "(or docker build -t IMAGE .), or set ALLCELL_WHEELS")
-    if listing != code_listing(REPO):
-        pytest.skip(f"{IMAGE} holds other code or weights than this checkout: rebuild it "
-                    "(or set ALLCELL_WHEELS to rebuild here)")
     return IMAGE
 
 
@@ -89,12 +85,25 @@ def test_challenge_command_in_docker_equals_predict_py(image, tmp_path):
     proc = _docker("run", "--rm", "--network", "none", "-v", f"{inputs}:/workspace/inputs",
                    "-v", f"{outputs}:/workspace/outputs", image, "/bin/bash", "-c",
                    "sh predict.sh", timeout=900)
+    if proc.returncode != 0 or not _same_labels(inputs, outputs, tmp_path / "host"):
+        # only now (a container start costs minutes on vfs) check that the image is current
+        if image_listing() != code_listing(REPO):
+            pytest.skip(f"{image} holds other code or weights than this checkout: rebuild it "
+                        "(or set ALLCELL_WHEELS to rebuild here)")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _run_script(["predict.py", "-i", inputs, "-o", tmp_path / "host", "--device", "cpu"],
-                env_extra={"OMP_NUM_THREADS": "1"})
+    assert _same_labels(inputs, outputs, tmp_path / "host")
+
+
+def _same_labels(inputs, outputs, host) -> bool:
+    """predict.py outside Docker on ``inputs`` gives the labels of ``outputs`` (all 4 examples)."""
+    if not host.exists():
+        _run_script(["predict.py", "-i", inputs, "-o", host, "--device", "cpu"],
+                    env_extra={"OMP_NUM_THREADS": "1"})
     names = sorted(p.stem for p in inputs.iterdir())
     assert len(names) == 4
     for name in names:
-        inside = read_label(outputs / f"{name}_label.tiff")
-        outside = read_label(tmp_path / "host" / f"{name}_label.tiff")
-        assert np.array_equal(inside, outside), name
+        inside = outputs / f"{name}_label.tiff"
+        if not inside.is_file() or not np.array_equal(read_label(inside),
+                                                      read_label(host / f"{name}_label.tiff")):
+            return False
+    return True
