@@ -36,6 +36,10 @@ def parse_args(argv=None):
     p.add_argument("-o", "--output", required=True, help="folder for NAME_label.tiff files")
     add_prediction_args(p)
     p.add_argument("--save-overlay", action="store_true", help="also write NAME_overlay.png")
+    p.add_argument("--save-rois", action="store_true",
+                   help="also write NAME_rois.zip: an ImageJ/Fiji ROI set, one polygon per cell")
+    p.add_argument("--save-geojson", action="store_true",
+                   help="also write NAME.geojson: cell polygons for QuPath (pixels, origin top-left)")
     p.add_argument("--pseudo", action="store_true",
                    help="pseudo-label mode: also write NAME_ignore.png and confidence.csv "
                         "for train_weakly.py")
@@ -82,7 +86,8 @@ def main(argv=None) -> int:
     summary, _ = predict_files(shard(files, info.rank, info.world_size), router, args.output,
                                save_overlay=args.save_overlay, progress=info.is_main,
                                pseudo=args.pseudo, records_csv=csv_path,
-                               skip_existing=args.skip_existing)
+                               skip_existing=args.skip_existing,
+                               save_rois=args.save_rois, save_geojson=args.save_geojson)
     LOGGER.info("%d image(s) segmented%s, %d failed; labels%s in %s, records in %s",
                 len(summary.records), f", {summary.skipped} already done" if summary.skipped else "",
                 len(summary.failures), " and overlays" if args.save_overlay else "",

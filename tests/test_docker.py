@@ -42,10 +42,11 @@ def instructions(dockerfile: Path = REPO / "Dockerfile") -> list[tuple[str, str]
 
 
 def copy_sources() -> list[str]:
-    """Source paths of every COPY/ADD (flags such as --chown dropped, destination dropped)."""
+    """Source paths of every COPY/ADD from the build context (flags such as --chown dropped,
+    destination dropped; ``COPY --from=STAGE`` copies between stages, not from the context)."""
     sources = []
     for word, rest in instructions():
-        if word in ("COPY", "ADD"):
+        if word in ("COPY", "ADD") and "--from=" not in rest:
             args = [a for a in shlex.split(rest) if not a.startswith("--")]
             assert len(args) >= 2, f"{word} {rest}: needs a source and a destination"
             sources += args[:-1]
@@ -80,7 +81,15 @@ def test_copy_sources_exist_and_are_not_ignored():
 
 def test_dependencies_come_from_requirements():
     steps = instructions()
-    assert steps[0][0] == "FROM" and "slim" in steps[0][1]
+    # ARG BASE=python:3.11-slim, every stage FROM ${BASE}: the slim image unless told otherwise
+    assert steps[0] == ("ARG", "BASE=python:3.11-slim")
+    froms = [r for w, r in steps if w == "FROM"]
+    assert froms and all(r.split()[0] == "${BASE}" for r in froms) and froms[-1] == "${BASE}"
+    final = steps[max(i for i, (w, _) in enumerate(steps) if w == "FROM"):]
+    # the code arrives in one layer, after the dependency layer (vfs copies the image per layer)
+    assert [w for w, r in final if w in ("COPY", "ADD") and "--from=" in r] == ["COPY"]
+    assert [i for i, (w, r) in enumerate(final) if "--from=" in r][0] \
+        > [i for i, (w, r) in enumerate(final) if w == "RUN"][-1]
     copied = [i for i, (w, r) in enumerate(steps) if w == "COPY" and "requirements.txt" in r.split()]
     pip_runs = [i for i, (w, r) in enumerate(steps) if w == "RUN" and "pip install" in r]
     assert copied and pip_runs and copied[0] < pip_runs[0]

@@ -128,14 +128,15 @@ def check_anchors(model, wh, thr: float = 4.0, noautoanchor: bool = False, seed:
 
 def main(argv=None) -> np.ndarray:
     """CLI: fit anchors to a dataset's training boxes and print them with their BPR."""
-    ap = argparse.ArgumentParser(prog="python -m utils.autoanchor", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m utils.autoanchor", description=main.__doc__,
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--data", required=True, help="dataset YAML")
     ap.add_argument("--img", type=int, default=640,
                     help="training crop size: boxes are clipped to it (cells keep their native scale)")
     ap.add_argument("-n", type=int, default=3, help="number of anchors")
     ap.add_argument("--thr", type=float, default=4.0, help="anchor_t of the loss")
     ap.add_argument("--gen", type=int, default=1000, help="genetic generations")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="k-means and genetic search seed")
     ap.add_argument("--cache-dir", default="runs/cache", help="label/box cache folder (as training)")
     opt = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -32,11 +32,13 @@ def training_parser(description: str, data: str, hyp: str, weights: str = "", ep
                         "the --weights checkpoint's architecture, else the defaults")
     p.add_argument("--img", "--img-size", type=int, default=640, help="training crop size (pixels)")
     p.add_argument("--batch", "--batch-size", type=int, default=16, help="total batch over all ranks")
-    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--epochs", type=int, default=epochs, help="training epochs (the cosine/linear "
+                   "learning-rate schedule spans them)")
     p.add_argument("--workers", type=int, default=8, help="dataloader workers per rank")
     p.add_argument("--device", default="", help="cuda device(s), e.g. 0 or 0,1, or cpu")
-    p.add_argument("--project", default="runs/train")
-    p.add_argument("--name", default=name)
+    p.add_argument("--project", default="runs/train", help="folder of the runs: PROJECT/NAME/")
+    p.add_argument("--name", default=name,
+                   help="run folder under --project (NAME2, NAME3, ... when taken)")
     p.add_argument("--exist-ok", action="store_true", help="reuse runs/train/NAME instead of NAME2")
     p.add_argument("--noautoanchor", action="store_true", help="keep the anchors of the model config")
     p.add_argument("--save-period", type=int, default=-1, help="also save epochN.pt every N epochs")
@@ -45,7 +47,8 @@ def training_parser(description: str, data: str, hyp: str, weights: str = "", ep
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP")
     p.add_argument("--resume", nargs="?", const="auto", default="",
                    help="resume from a last.pt (no value: the latest run's last.pt)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of initialisation, sampling and augmentation")
     p.add_argument("--amp", default="auto", choices=list(MODES) + ["off"],
                    help="precision (utils.precision): auto = fp16 on CUDA, bf16 + channels_last on a "
                         "CPU with native bf16, else fp32; off = fp32")

@@ -182,11 +182,18 @@ def _to_hwc(arr: np.ndarray, axes: str, path) -> np.ndarray:
 def read_image(path) -> np.ndarray:
     """Read an image as ``(H, W, C)``, C in 1..4, in its stored dtype (uint8/uint16/int16/float32...)."""
     path = Path(path)
-    arr = _to_hwc(*_read_raw(path), path)
+    arr, axes = _read_raw(path)
+    return as_image(arr, path, axes)
+
+
+def as_image(arr, source="array", axes: str = "") -> np.ndarray:
+    """An in-memory image (2D, HWC or CHW, C <= 4) as :func:`read_image` returns a file's;
+    ``source`` names it in an :class:`InputError`; ``axes``: tifffile's axis letters if known."""
+    arr = _to_hwc(np.asarray(arr), axes, source)
     if arr.dtype.kind not in "biuf":
-        raise InputError(path, f"unsupported pixel type {arr.dtype} (real numbers expected)")
+        raise InputError(source, f"unsupported pixel type {arr.dtype} (real numbers expected)")
     if arr.dtype.kind == "f" and np.isnan(arr).all():
-        raise InputError(path, "all pixels are NaN")
+        raise InputError(source, "all pixels are NaN")
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
     return arr

@@ -26,6 +26,7 @@ from utils.io import (IMAGE_SUFFIXES, InputError, LABEL_SUFFIX, atomic_write, fa
                       normalize_image, read_image, remove_stale_temporaries, write_image,
                       write_label)
 from utils.plots import overlay_outlines
+from utils.shapes import write_outlines
 
 LOGGER = logging.getLogger(__name__)
 # Temporary files older than this process are a killed run's debris (removed on start).
@@ -48,7 +49,7 @@ class PredictionRecord:
     confidence: float = 0.0       # mean foreground probability over pixels above 0.5
     diameter: float = 0.0         # median cell diameter, pixels (utils.inference.median_diameter)
     seconds: float = 0.0
-    label_path: str = ""
+    label_path: str = ""          # relative to the output folder (NAME_label.tiff)
     image: str = ""               # the source image, relative to the output folder when possible
     status: str = "ok"            # "ok" or "failed"
     error: str = ""               # the one-line reason of a failure
@@ -88,7 +89,8 @@ class RecordLog:
         self.path = Path(path)
         self.done: dict[str, PredictionRecord] = {}
         if resume and self.path.is_file():
-            self.done = {r.name: r for r in self._read() if r.status == "ok" and Path(r.label_path).is_file()}
+            self.done = {r.name: r for r in self._read()  # label_path: relative to the CSV's folder
+                         if r.status == "ok" and (self.path.parent / r.label_path).is_file()}
         with atomic_write(self.path) as tmp, open(tmp, "w", newline="") as fh:
             writer = csv.DictWriter(fh, RECORD_FIELDS)
             writer.writeheader()
@@ -146,7 +148,8 @@ def _relative(path: Path, folder: Path) -> str:
 
 def predict_files(files: list[Path], router, out_dir, save_overlay: bool = False,
                   progress: bool = True, keep_labels: bool = False, pseudo: bool = False,
-                  records_csv=None, skip_existing: bool = False) -> tuple[RunSummary, dict]:
+                  records_csv=None, skip_existing: bool = False, save_rois: bool = False,
+                  save_geojson: bool = False) -> tuple[RunSummary, dict]:
     """Segment ``files`` with ``router`` into ``out_dir/NAME_label.tiff``.
 
     ``pseudo``: also ``out_dir/NAME_ignore.png`` (see :func:`uncertain_mask`). Two inputs with
@@ -154,6 +157,8 @@ def predict_files(files: list[Path], router, out_dir, save_overlay: bool = False
     exception while handling one file fails that file only.
     ``records_csv``: a :class:`RecordLog` path, one row per file (failures included) written as
     each file finishes; with ``skip_existing``, files it already lists as done are skipped.
+    ``save_rois`` / ``save_geojson``: also NAME_rois.zip (Fiji) / NAME.geojson (QuPath), see
+    utils/shapes.py.
     Returns the summary and, when ``keep_labels``, a dict name -> label map (for evaluate.py).
     """
     out_dir = Path(out_dir)
@@ -163,10 +168,11 @@ def predict_files(files: list[Path], router, out_dir, save_overlay: bool = False
     summary, labels = RunSummary(), {}
     bar = tqdm(files, desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
     seen: dict[str, Path] = {}
+    outputs = Outputs(save_overlay, pseudo, save_rois, save_geojson)
     try:
         for path in bar:
-            rec = _predict_one(path, router, out_dir, seen, save_overlay, pseudo, labels,
-                               keep_labels, log.done if log and skip_existing else {})
+            rec = _predict_one(path, router, out_dir, seen, outputs, labels, keep_labels,
+                               log.done if log and skip_existing else {})
             if rec is None:
                 summary.skipped += 1
                 continue
@@ -183,7 +189,17 @@ def predict_files(files: list[Path], router, out_dir, save_overlay: bool = False
     return summary, labels
 
 
-def _predict_one(path: Path, router, out_dir: Path, seen: dict, save_overlay: bool, pseudo: bool,
+@dataclass(frozen=True)
+class Outputs:
+    """What predict_files writes beside each NAME_label.tiff."""
+
+    overlay: bool = False    # NAME_overlay.png
+    pseudo: bool = False     # NAME_ignore.png (pseudo-label mode)
+    rois: bool = False       # NAME_rois.zip (ImageJ / Fiji)
+    geojson: bool = False    # NAME.geojson (QuPath)
+
+
+def _predict_one(path: Path, router, out_dir: Path, seen: dict, outputs: Outputs,
                  labels: dict, keep_labels: bool, done: dict) -> PredictionRecord | None:
     """One file -> its record (status failed with the reason on any exception); None = done before."""
     t0 = time.time()
@@ -199,10 +215,11 @@ def _predict_one(path: Path, router, out_dir: Path, seen: dict, save_overlay: bo
         label, info = router.segment(raw, image)
         label_path = out_dir / (path.stem + LABEL_SUFFIX)
         write_label(label_path, label)
-        if pseudo:
+        if outputs.pseudo:
             _write_ignore(out_dir / (path.stem + IGNORE_SUFFIX), info.get("fg"), label)
-        if save_overlay:
+        if outputs.overlay:
             write_image(out_dir / f"{path.stem}_overlay.png", overlay_outlines(image, label))
+        write_outlines(out_dir, path.stem, label, rois=outputs.rois, geojson=outputs.geojson)
     except Exception as exc:  # noqa: BLE001 - whatever one file raises fails that file only
         reason = failure_reason(exc)
         LOGGER.debug("failed on %s", path, exc_info=True)
@@ -215,7 +232,8 @@ def _predict_one(path: Path, router, out_dir: Path, seen: dict, save_overlay: bo
                             branch=info.get("branch", ""), n_cells=int(info.get("n_cells", 0)),
                             confidence=round(float(info.get("fg_conf", 0.0)), 4),
                             diameter=round(float(info.get("diameter", 0.0)), 2),
-                            seconds=round(time.time() - t0, 3), label_path=str(label_path),
+                            seconds=round(time.time() - t0, 3),
+                            label_path=_relative(label_path, out_dir),
                             image=image_rel)
 
 

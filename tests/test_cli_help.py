@@ -1,0 +1,46 @@
+"""Every flag of the training scripts, predict.py and utils.autoanchor has help text, and
+defaults are shown (`--help` is what a new user reads first)."""
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+from utils.cli import training_parser
+
+
+def _undocumented(parser: argparse.ArgumentParser) -> list[str]:
+    return [a.option_strings[0] for a in parser._actions
+            if a.option_strings and a.help is None and not isinstance(a, argparse._HelpAction)]
+
+
+def test_every_training_flag_has_help(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # one line per flag
+    parser = training_parser("t", data="d.yaml", hyp="h.yaml")
+    assert _undocumented(parser) == []
+    text = parser.format_help()
+    for flag, default in (("--epochs", "100"), ("--project", "runs/train"), ("--name", "exp"),
+                          ("--seed", "0")):
+        assert flag in text and f"(default: {default})" in text
+
+
+def test_every_prediction_flag_has_help():
+    sys.path.insert(0, str(REPO))
+    import predict
+    parser = argparse.ArgumentParser()
+    from utils.cli import add_prediction_args
+    add_prediction_args(parser)
+    assert _undocumented(parser) == []
+    help_text = subprocess.run([sys.executable, "predict.py", "--help"], cwd=REPO, check=True,
+                               capture_output=True, text=True).stdout
+    assert "--save-rois" in help_text and "--save-geojson" in help_text
+    assert predict.parse_args(["-i", "a", "-o", "b", "--save-rois"]).save_rois
+
+
+@pytest.mark.parametrize("module, default", [("utils.autoanchor", "(default: 1000)")])
+def test_module_help_shows_defaults(module, default):
+    out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout
+    assert default in out
+    assert "--seed SEED" in out and "search seed" in out
