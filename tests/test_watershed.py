@@ -93,6 +93,23 @@ def test_missed_boxes_recovered_by_height_peaks(gt):
     assert frac >= 0.95 and extra == 0
 
 
+def test_cells_beside_a_detected_cell_get_peak_markers(gt):
+    """One box per clump of touching cells: the clump's other cells still come out separately
+    (the original step d seeded only clumps without any box, and gave the clump as one object)."""
+    ids, boxes, scores, fg, height = ideal_outputs(gt)
+    comp, n = ndi.label(gt > 0)
+    first = {}
+    for k, i in enumerate(ids):
+        first.setdefault(comp[gt == i][0], k)
+    keep = np.zeros(len(ids), bool)
+    keep[list(first.values())] = True
+    clumped = np.bincount([comp[gt == i][0] for i in ids])[[comp[gt == i][0] for i in ids]] > 1
+    assert (clumped & ~keep).sum() >= 10  # cells whose clump has a box, but not theirs
+    pred = postprocess(boxes[keep], scores[keep], fg, height)
+    frac, extra = matched_fraction(gt, pred)
+    assert frac >= 0.95 and extra == 0
+
+
 def test_no_boxes_at_all_peaks_segment_everything(gt):
     _, _, _, fg, height = ideal_outputs(gt)
     frac, extra = matched_fraction(gt, postprocess(np.zeros((0, 4)), np.zeros(0), fg, height))

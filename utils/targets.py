@@ -3,7 +3,7 @@
 The watershed branch of the AWF learns a foreground probability and a "height" map: each cell's
 Euclidean distance transform divided by (that cell's median distance + 1), as the original
 framework defines it. The height is about 1 in a cell's middle whatever its size, so one set of
-thresholds (0.8 core, 1.25 peaks) serves cells of 10 and of 400 pixels.
+thresholds (0.8 core, 1.5 peaks: utils/watershed.py) serves cells of 10 and of 400 pixels.
 """
 from __future__ import annotations
 

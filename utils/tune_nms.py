@@ -24,6 +24,7 @@ from utils.dataset import DatasetCache, resolve_split
 from utils.inference import AWFSegmenter
 from utils.io import check_output_file, write_table
 from utils.metrics import match_instances
+from utils.routing import MODALITIES
 from utils.nms import non_max_suppression
 from utils.precision import MODES, log_precision, resolve_precision
 from utils.watershed import PostprocessParams, postprocess
@@ -62,6 +63,8 @@ def main(argv=None):
     p.add_argument("--split", default="val")
     p.add_argument("--conf", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4])
     p.add_argument("--iou", type=float, nargs="+", default=[0.2, 0.25, 0.3, 0.35, 0.45, 0.6])
+    p.add_argument("--modality", nargs="+", choices=MODALITIES, default=None,
+                   help="sweep only the images of these modalities (default: all)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", default="auto", choices=MODES, help="precision (utils.precision)")
     p.add_argument("-o", "--output", default="runs/tune_nms.csv")
@@ -70,6 +73,9 @@ def main(argv=None):
     check_output_file(args.output)  # before the sweep: a bad -o must not waste it
     samples = resolve_split(load_data_config(args.data), args.split)
     cache = DatasetCache(samples, "runs/cache")
+    if args.modality:
+        samples = [s for s in samples if cache.modality(s) in args.modality]
+        LOGGER.info("%d images of modality %s", len(samples), "/".join(args.modality))
     device = torch.device(args.device)
     precision = resolve_precision(args.amp, device)
     log_precision(precision, "inference")
