@@ -11,11 +11,11 @@ import torch
 
 import utils.dataset as udata
 from utils import io as uio
-from utils.augment import relabel_consecutive
 from utils.boxes import label_to_boxes
 from utils.config import DataConfig, Hyp
 from utils.dataset import (CellDataset, DatasetCache, build_dataloader, collate_fn, max_workers,
                            dataset_boxes, resolve_split)
+from utils.labels import relabel_consecutive
 from utils.synthetic import write_dataset
 
 S = 64  # network image size of the tests (pixels)

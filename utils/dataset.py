@@ -29,9 +29,10 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from utils import io as uio
-from utils.augment import Tile, augment_tiles, eval_transform, relabel_consecutive
+from utils.augment import Tile, augment_tiles, eval_transform
 from utils.boxes import label_to_boxes
 from utils.config import DataConfig, Hyp
+from utils.labels import relabel_consecutive
 from utils.modality import classify_modality
 from utils.sampling import ShareSampler, source_of
 from utils.targets import height_map
