@@ -431,18 +431,6 @@ def _mean_by_id(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.bincount(ids, values, n) / np.maximum(np.bincount(ids, minlength=n), 1)
 
 
-def flow_errors(label: np.ndarray, flow: np.ndarray, mask_flow: np.ndarray | None = None,
-                method: str = "fim") -> np.ndarray:
-    """Mean over each mask of |unit flow - mask_flow|^2 (summed over dy, dx), ``flow`` (2, H, W)
-    normalised first, ``mask_flow`` (2, H, W) recomputed from ``label`` (H, W) when not given.
-    Returns (label.max() + 1,) float64, indexed by id."""
-    label = np.asarray(label)
-    if mask_flow is None:
-        mask_flow = distance_and_flow(label, method)[1]
-    unit = _normalise(np.asarray(flow, np.float32))
-    return _mean_by_id(label.ravel(), ((unit - mask_flow) ** 2).sum(0).ravel())
-
-
 def reconstruct_masks(flow: np.ndarray, dist: np.ndarray, fg_threshold: float = FG_THRESHOLD,
                       niter: int = NITER, min_size: int = MIN_SIZE,
                       flow_threshold: float = FLOW_THRESHOLD, device="cpu", *,
