@@ -2,7 +2,7 @@
 
 The one home of these steps for augmentation (``utils.augment``), both post-processings
 (``utils.watershed``, ``utils.flows``), the challenge metric (``utils.metrics``), the label cache
-(``utils.dataset``) and chunked stitching (``utils.tiling``).
+(``utils.label_cache``) and chunked stitching (``utils.tiling``).
 
 A label map is an ``(H, W)`` array of non-negative integers (any integer dtype, uint64 included;
 ids below 2**63), 0 = background, ids need not be consecutive. Nothing here loops over pixels or
