@@ -24,7 +24,7 @@ from utils.cli import add_prediction_args, router_from_args, setup_logging
 from utils.dist import select_device
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, load_data_config
-from utils.dataset import resolve_split
+from utils.datasplits import read_split_file, resolve_split
 from utils.io import (LABEL_SUFFIX, InputError, check_output_dir, check_output_file, label_path_for,
                       list_images, failure_reason, read_label, write_table)
 from utils.metrics import RESULT_COLUMNS, match_instances, results_to_frame
@@ -51,12 +51,12 @@ def parse_args(argv=None):
 
 
 def image_files(root: Path, split: str | None) -> list[Path]:
-    """The images to evaluate: all of root/images, or those a split file names."""
+    """The images to evaluate: all of root/images, or those under root that a split file names
+    (read as training reads them: utils.datasplits.read_split_file)."""
     if split is None:
         return list_images(root / "images")
-    base = root.parent
-    lines = [ln.strip() for ln in Path(split).read_text().splitlines() if ln.strip()]
-    files = [base / ln for ln in lines if (base / ln).parent.parent.resolve() == root.resolve()]
+    files = [f for f in read_split_file(split, root.parent, "--list")
+             if f.parent.parent.resolve() == root.resolve()]
     if not files:
         raise InputError(split, f"lists no image under {root}")
     return files

@@ -9,7 +9,7 @@ Input: a folder of images, or a dataset YAML whose ``unlabeled`` split is segmen
 --pseudo (pseudo labels for train_weakly.py) also writes OUTPUT/NAME_ignore.png (uncertain
 background, left out of the loss) and OUTPUT/confidence.csv (name, image, confidence, ...), which
 a dataset YAML names as a ``pseudo`` entry: the dataset folder when OUTPUT is its labels/ folder,
-else the path of OUTPUT/confidence.csv (see utils.dataset.resolve_split). The CSV (else
+else the path of OUTPUT/confidence.csv (see utils.datasplits.resolve_split). The CSV (else
 OUTPUT/predictions.csv) gets one row per image as it finishes, failures included (status, error);
 --skip-existing reruns only what an interrupted run left undone.
     torchrun --nproc_per_node 2 predict.py -i inputs -o outputs --device 0,1   # input sharded
@@ -55,7 +55,7 @@ def input_files(source: str) -> list[Path]:
     """Images of ``-i``: a folder's images, or the ``unlabeled`` split of a dataset YAML."""
     if Path(source).suffix.lower() in (".yaml", ".yml"):
         from utils.config import ConfigError, load_data_config
-        from utils.dataset import resolve_split
+        from utils.datasplits import resolve_split
         try:
             return [s.image for s in resolve_split(load_data_config(source), "unlabeled")]
         except ConfigError as exc:

@@ -16,7 +16,9 @@ from pathlib import Path
 
 
 from utils.config import DataConfig, Hyp
-from utils.dataset import CellDataset, DatasetCache, build_dataloader, resolve_split
+from utils.dataset import CellDataset, build_dataloader
+from utils.datasplits import resolve_split
+from utils.label_cache import DatasetCache
 
 LOGGER = logging.getLogger("bench_dataloader")
 

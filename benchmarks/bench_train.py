@@ -27,8 +27,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 from models.awf import AWF, AWFConfig
 from utils.config import Hyp, load_config, load_data_config
-from utils.dataset import CellDataset, DatasetCache, collate_fn, resolve_split
+from utils.dataset import CellDataset, collate_fn
+from utils.datasplits import resolve_split
 from utils.engine import build_optimizer
+from utils.label_cache import DatasetCache
 from utils.loss import AWFLoss
 from utils.precision import Precision, resolve_precision
 

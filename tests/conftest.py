@@ -1,5 +1,6 @@
 """Shared fixtures: a small synthetic multi-modality dataset in the NeurIPS layout."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from utils.config import DataConfig
+from utils.datasplits import resolve_split
+from utils.label_cache import DatasetCache
 from utils.synthetic import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,3 +50,30 @@ def _run_script(args, cwd=REPO, timeout=600, env_extra=None, check=True):
 @pytest.fixture
 def run_script():
     return _run_script
+
+
+DATASET_IMAGES = 6  # images of the data_root dataset (fl, bf, gs cycling), 72 x 96 pixels each
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    """A small read-only-by-convention synthetic dataset (utils.datasplits, label_cache, dataset)."""
+    return write_dataset(tmp_path_factory.mktemp("data") / "ds", DATASET_IMAGES, size=(72, 96), seed=0)
+
+
+def cfg_for(root, yaml_dir=None, **kw) -> DataConfig:
+    """A DataConfig over ``root`` (split files relative to ``yaml_dir``, default ``root``)."""
+    return DataConfig(path=str(root), yaml_dir=str(yaml_dir or root), **kw)
+
+
+@pytest.fixture
+def ds_copy(data_root, tmp_path):
+    """A writable copy of data_root (tests that add or change files)."""
+    return shutil.copytree(data_root, tmp_path / "ds")
+
+
+@pytest.fixture
+def cache(data_root, tmp_path):
+    """``(samples, DatasetCache)`` of data_root's "train" split."""
+    samples = resolve_split(cfg_for(data_root, train=["."]), "train")
+    return samples, DatasetCache(samples, tmp_path / "cache")

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from utils.augment import (MIN_INSTANCE_AREA, Tile, augment_tiles, clean_instances, crop_or_pad,
-                           eval_transform, jitter_grey, jitter_intensity, load_mosaic,
-                           random_window_origin, relabel_consecutive, window_transform, translation)
+from utils.augment import (MIN_INSTANCE_AREA, Tile, augment_tiles, crop_or_pad, eval_transform,
+                           jitter_grey, jitter_intensity, load_mosaic, random_window_origin,
+                           window_transform, translation)
 from utils.boxes import label_to_boxes
 from utils.config import Hyp
 
@@ -173,18 +173,6 @@ def test_output_invariants_over_many_seeds():
         assert len(ids) == len(counts)
 
 
-def test_clean_instances_keeps_uncut_tiny_cells():
-    label = np.zeros((10, 10), np.int32)
-    label[0, 0] = 5      # a 1-pixel cell, not cut
-    label[5:8, 5:8] = 9
-    before = np.bincount(label.ravel())
-    out = clean_instances(label, before)
-    assert out.max() == 2 and (out[0, 0], out[6, 6]) == (1, 2)
-    shrunk = before.copy()
-    shrunk[5] = 20        # the tiny one lost pixels: removed
-    assert clean_instances(label, shrunk).max() == 1
-
-
 def test_eval_transform_is_top_left_crop_or_pad():
     tile, _ = coded_tile((90, 40), 8, 2)
     tile.img[tile.label == 0] = (0, 0, 0)
@@ -211,13 +199,6 @@ def test_random_window_origin_ranges():
     for _ in range(50):
         x0, y0 = random_window_origin((100, 20), S, rng)
         assert 0 <= y0 <= 100 - S and 20 - S <= x0 <= 0
-
-
-def test_relabel_consecutive_both_paths():
-    label = np.array([[0, 7, 7], [3, 0, 9]], np.int32)
-    np.testing.assert_array_equal(relabel_consecutive(label), [[0, 2, 2], [1, 0, 3]])
-    sparse = np.array([[0, 2**30], [5, 5]], np.int32)  # ids far above the pixel count
-    np.testing.assert_array_equal(relabel_consecutive(sparse), [[0, 2], [1, 1]])
 
 
 def test_integer_shift_is_exact():

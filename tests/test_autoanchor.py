@@ -64,13 +64,14 @@ def test_check_anchors_replaces_only_when_needed():
 
 
 def test_cli(tmp_path, monkeypatch, capsys):
-    dataset = pytest.importorskip("utils.dataset")
+    datasplits = pytest.importorskip("utils.datasplits")
+    label_cache = pytest.importorskip("utils.label_cache")
     from utils import autoanchor
 
     (tmp_path / "d.yaml").write_text(f"path: {tmp_path}\ntrain: [train]\n")
-    monkeypatch.setattr(dataset, "resolve_split", lambda cfg, split: ["a", "b"])
-    monkeypatch.setattr(dataset, "DatasetCache", lambda samples, cache_dir, **kw: None)
-    monkeypatch.setattr(dataset, "dataset_boxes", lambda samples, cache: clustered_wh())
+    monkeypatch.setattr(datasplits, "resolve_split", lambda cfg, split: ["a", "b"])
+    monkeypatch.setattr(label_cache, "DatasetCache", lambda samples, cache_dir, **kw: None)
+    monkeypatch.setattr(label_cache, "dataset_boxes", lambda samples, cache: clustered_wh())
     k = autoanchor.main(["--data", str(tmp_path / "d.yaml"), "--img", "640", "-n", "3", "--gen", "20"])
     out = capsys.readouterr().out
     assert k.shape == (3, 2) and "BPR 1.0000" in out and "600 boxes from 2 images" in out

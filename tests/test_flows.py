@@ -227,20 +227,6 @@ def test_boundary_and_edge_cases():
 
 
 # ---- reconstruction pieces ---------------------------------------------------------------------------
-def test_fill_holes_and_relabel():
-    label = np.zeros((12, 12), np.int32)
-    label[1:6, 1:6] = 4
-    label[3, 3] = 0  # hole of mask 4
-    label[6:11, 1:11] = 7
-    label[8, 5] = 0  # hole of mask 7
-    label[0, 8] = 9  # small mask at the edge
-    label[7:10, 8:10] = 0  # region enclosed by mask 7 only
-    filled = flows.fill_holes(label)
-    assert filled[3, 3] == 4 and filled[8, 5] == 7 and np.all(filled[7:10, 8:10] == 7)
-    out = flows.remove_small_and_relabel(filled, min_size=2)
-    assert out.dtype == np.int32 and set(np.unique(out)) == {0, 1, 2}
-
-
 def test_border_scores_tell_true_borders_from_cuts():
     label = np.zeros((20, 40), np.int32)
     label[4:16, 2:20], label[4:16, 20:38] = 1, 2  # two touching cells

@@ -16,7 +16,7 @@ import torch
 from utils.checkpoint import CheckpointError, save_checkpoint_atomic
 from utils.io import read_label, remove_stale_temporaries, write_label, write_table
 from utils.routing import RoutingConfig, Router
-from utils.dataset import read_confidence
+from utils.datasplits import read_confidence
 from utils import runner
 from utils.runner import RECORD_FIELDS, PredictionRecord, RecordLog, predict_files
 

@@ -6,7 +6,9 @@ import pytest
 import yaml
 
 from utils.config import ConfigError, DataConfig, Hyp, from_dict, load_data_config
-from utils.dataset import CellDataset, DatasetCache, build_dataloader, resolve_split
+from utils.dataset import CellDataset, build_dataloader
+from utils.datasplits import resolve_split
+from utils.label_cache import DatasetCache
 from utils.sampling import ShareSampler, allocate, source_of
 from utils.synthetic import write_dataset
 

@@ -1,5 +1,5 @@
 """The weakly-supervised stage: pseudo labels (predict.py --pseudo), their layout as read by
-utils.dataset.resolve_split, WeaklyTask's data (confidence filter, weights, ignore masks) and the
+utils.datasplits.resolve_split, WeaklyTask's data (confidence filter, weights, ignore masks) and the
 chain train_main.py -> predict.py --pseudo -> train_weakly.py end to end."""
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from utils.config import Hyp
+from utils.labels import remove_small
 
 LOGGER = logging.getLogger(__name__)
 
@@ -252,42 +253,8 @@ def window_transform(tile: Tile, M: np.ndarray, size: int, bg=None, cut=None) ->
     if bg is None:
         bg = background_colour(sub.img if sub.img.size else tile.img)
     out = _warp(sub, M, size, bg)
-    out.label = clean_instances(out.label, before)
+    out.label = remove_small(out.label, MIN_INSTANCE_AREA, before)
     return out
-
-
-def clean_instances(label: np.ndarray, areas_before: np.ndarray | None = None) -> np.ndarray:
-    """Remove instances shrunk below MIN_INSTANCE_AREA, then relabel ids 1..n; ``(H, W) int32``.
-
-    ``areas_before[id]`` is each id's pixel count before the transform: an instance is only
-    removed if it lost pixels (a tiny cell that was not cut stays). None = drop every tiny one.
-    """
-    n = int(label.max(initial=0)) + 1
-    after = np.bincount(label.ravel(), minlength=n)
-    before = np.full(len(after), np.iinfo(np.int64).max, np.int64)
-    if areas_before is not None:
-        m = min(len(before), len(areas_before))
-        before[:m] = areas_before[:m]
-    keep = (after > 0) & ((after >= MIN_INSTANCE_AREA) | (after >= before))
-    keep[0] = False
-    lut = np.zeros(len(after), np.int32)
-    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[label]
-
-
-def relabel_consecutive(label: np.ndarray) -> np.ndarray:
-    """Ids of ``label (H, W)`` -> 1..n in increasing order of the old ids, ``(H, W) int32``."""
-    top = int(label.max(initial=0))
-    if top <= label.size:  # a look-up table no bigger than the image: one bincount pass
-        present = np.bincount(label.ravel(), minlength=top + 1) > 0
-        present[0] = False
-        lut = np.zeros(top + 1, np.int32)
-        lut[present] = np.arange(1, int(present.sum()) + 1, dtype=np.int32)
-        return lut[label]
-    ids, inverse = np.unique(label, return_inverse=True)
-    if ids[0] != 0:
-        inverse = inverse + 1
-    return inverse.reshape(label.shape).astype(np.int32)
 
 
 def random_flip_rot90(tile: Tile, hyp: Hyp, rng: np.random.Generator) -> Tile:

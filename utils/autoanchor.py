@@ -141,7 +141,8 @@ def main(argv=None) -> np.ndarray:
     opt = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from utils.config import load_data_config
-    from utils.dataset import DatasetCache, dataset_boxes, resolve_split
+    from utils.datasplits import resolve_split
+    from utils.label_cache import DatasetCache, dataset_boxes
 
     samples = resolve_split(load_data_config(opt.data), "train")
     wh = np.asarray(dataset_boxes(samples, DatasetCache(samples, opt.cache_dir)), np.float64).reshape(-1, 2)

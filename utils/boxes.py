@@ -1,4 +1,4 @@
-"""Boxes of instance label maps and simple box arithmetic (numpy, ``(N, 4) xyxy`` pixels)."""
+"""Boxes of instance label maps (numpy, ``(N, 4) xyxy`` pixels)."""
 from __future__ import annotations
 
 import numpy as np
@@ -20,7 +20,3 @@ def label_to_boxes(label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         boxes.append((sl[1].start, sl[0].start, sl[1].stop, sl[0].stop))
     return np.asarray(ids, np.int32), np.asarray(boxes, np.float32).reshape(-1, 4)
 
-
-def box_area(boxes: np.ndarray) -> np.ndarray:
-    """``(N, 4) xyxy`` -> ``(N,)`` areas in square pixels."""
-    return (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)

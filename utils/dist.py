@@ -1,14 +1,20 @@
 """Devices and torch.distributed set-up (torchrun: NCCL on CUDA, Gloo on CPU)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 LOGGER = logging.getLogger(__name__)
+
+# Collective timeout (YOLOv5's): rank 0 may build the label cache for that long while the other
+# ranks wait at a barrier (torch's defaults: 10 minutes for NCCL, 30 for Gloo).
+TIMEOUT = timedelta(hours=3)
 
 
 @dataclass
@@ -62,8 +68,34 @@ def init_distributed(info: DistInfo, device: torch.device) -> None:
     if not info.distributed or dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend=backend, timeout=TIMEOUT)
     LOGGER.info("DDP: rank %d/%d on %s (%s)", info.rank, info.world_size, device, backend)
+
+
+def start(device: str = "") -> tuple[DistInfo, torch.device]:
+    """This process's place and device (:func:`select_device`), its process group started under
+    torchrun (:func:`init_distributed`; a second call changes nothing)."""
+    info = dist_info()
+    dev = select_device(device, info)
+    init_distributed(info, dev)
+    return info, dev
+
+
+@contextlib.contextmanager
+def rank_zero_first():
+    """Run the block on rank 0 first, then on the other ranks (which wait at a barrier).
+
+    Only when torch.distributed is initialised with several ranks; otherwise a plain block. Rank 0
+    reaches the barrier even if its block raises, so the other ranks never wait forever.
+    """
+    active = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if active and dist.get_rank() != 0:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if active and dist.get_rank() == 0:
+            dist.barrier()
 
 
 def barrier(info: DistInfo) -> None:

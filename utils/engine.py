@@ -223,6 +223,7 @@ def run_training(task_cls: type[Task], opt: TrainOptions) -> Path:
         hyp = from_dict(Hyp, ckpt["hyp"], f"{opt.resume}: hyp")
     else:
         hyp = load_config(Hyp, opt.hyp)
+    du.start(opt.device)  # before the task: rank 0 builds its label cache while the others wait
     return Trainer(task_cls(opt, hyp), opt, ckpt).train()
 
 
@@ -268,9 +269,7 @@ class Trainer:
 
     def __init__(self, task: Task, opt: TrainOptions, ckpt: dict | None = None):
         self.task, self.opt, self.hyp, self.ckpt = task, opt, task.hyp, ckpt
-        self.info = du.dist_info()
-        self.device = du.select_device(opt.device, self.info)
-        du.init_distributed(self.info, self.device)
+        self.info, self.device = du.start(opt.device)
         if opt.batch % self.info.world_size:
             raise ValueError(f"--batch {opt.batch} is not divisible by the {self.info.world_size} ranks")
         self.batch_per_rank = opt.batch // self.info.world_size

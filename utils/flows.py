@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 from skimage.filters import apply_hysteresis_threshold
 
+from utils.labels import fill_holes, remove_small
 from utils.targets import instance_edt
-from utils.watershed import remove_small_and_relabel  # the one relabelling of both branches
 
 LOGGER = logging.getLogger(__name__)
 
@@ -431,48 +431,6 @@ def _mean_by_id(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.bincount(ids, values, n) / np.maximum(np.bincount(ids, minlength=n), 1)
 
 
-def flow_errors(label: np.ndarray, flow: np.ndarray, mask_flow: np.ndarray | None = None,
-                method: str = "fim") -> np.ndarray:
-    """Mean over each mask of |unit flow - mask_flow|^2 (summed over dy, dx), ``flow`` (2, H, W)
-    normalised first, ``mask_flow`` (2, H, W) recomputed from ``label`` (H, W) when not given.
-    Returns (label.max() + 1,) float64, indexed by id."""
-    label = np.asarray(label)
-    if mask_flow is None:
-        mask_flow = distance_and_flow(label, method)[1]
-    unit = _normalise(np.asarray(flow, np.float32))
-    return _mean_by_id(label.ravel(), ((unit - mask_flow) ** 2).sum(0).ravel())
-
-
-def fill_holes(label: np.ndarray) -> np.ndarray:
-    """Fill each background region (4-connected, off the image edge) that touches only one mask
-    with that mask's id, for all masks at once. Returns a new (H, W) array."""
-    label = np.asarray(label)
-    h, w = label.shape
-    bg, nbg = ndimage.label(label == 0)
-    enclosed = np.ones(nbg + 1, bool)
-    enclosed[np.concatenate((bg[0], bg[-1], bg[:, 0], bg[:, -1]))] = False
-    enclosed[0] = False
-    out = label.copy()
-    if not enclosed.any():
-        return out
-    hole = np.flatnonzero(enclosed[bg.ravel()])
-    region = bg.ravel()[hole].astype(np.int64)
-    ys, xs = np.divmod(hole, w)
-    m = int(label.max()) + 1
-    keys = []  # region * m + id of each mask 4-adjacent to a hole pixel
-    for dy, dx in _OFFSETS[:4]:
-        ok = (ys + dy >= 0) & (ys + dy < h) & (xs + dx >= 0) & (xs + dx < w)
-        nb = label.ravel()[hole[ok] + dy * w + dx]
-        keys.append(region[ok][nb > 0] * m + nb[nb > 0])
-    keys = np.unique(np.concatenate(keys))
-    regions, count = np.unique(keys // m, return_counts=True)
-    single = np.isin(keys // m, regions[count == 1])
-    owner = np.zeros(nbg + 1, label.dtype)
-    owner[keys[single] // m] = keys[single] % m
-    out.ravel()[hole] = owner[region]
-    return out
-
-
 def reconstruct_masks(flow: np.ndarray, dist: np.ndarray, fg_threshold: float = FG_THRESHOLD,
                       niter: int = NITER, min_size: int = MIN_SIZE,
                       flow_threshold: float = FLOW_THRESHOLD, device="cpu", *,
@@ -509,4 +467,4 @@ def reconstruct_masks(flow: np.ndarray, dist: np.ndarray, fg_threshold: float = 
         ids = np.where(err[ids] > flow_threshold, 0, ids)
     label = np.zeros(dist.size, np.int64)
     label[pix] = ids
-    return fill_holes(remove_small_and_relabel(label.reshape(shape), min_size))
+    return fill_holes(remove_small(label.reshape(shape), min_size))

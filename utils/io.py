@@ -20,7 +20,10 @@ import tifffile
 LOGGER = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
-LABEL_SUFFIX = "_label.tiff"
+LABEL_SUFFIX = "_label.tiff"          # labels/NAME_label.tiff: the instance label map of NAME
+IGNORE_SUFFIX = "_ignore.png"         # labels/NAME_ignore.png: nonzero = pixel not in the loss
+# File names quoted in a warning about unusable files (the count is always given).
+LOG_FIRST_NAMES = 5
 
 # Percentiles of the per-channel intensity scaling (Cellpose and the challenge baseline use 1/99).
 NORM_LOWER_PERCENTILE = 1.0
@@ -65,6 +68,22 @@ def list_images(folder) -> list[Path]:
 def label_path_for(image_path, labels_dir) -> Path:
     """NeurIPS layout: images/NAME.ext pairs with labels/NAME_label.tiff."""
     return Path(labels_dir) / (Path(image_path).stem + LABEL_SUFFIX)
+
+
+def file_key(path) -> str:
+    """``"path|size|mtime_ns"``: changes whenever the file does ("path|-1|-1" when it is missing)."""
+    try:
+        st = os.stat(path)
+        return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    except OSError:
+        return f"{path}|-1|-1"
+
+
+def warn_names(logger: logging.Logger, what: str, names: list[str]) -> None:
+    """One warning on ``logger``: ``what``, how many ``names`` and the first LOG_FIRST_NAMES of them."""
+    if names:
+        first = ", ".join(names[:LOG_FIRST_NAMES]) + (", ..." if len(names) > LOG_FIRST_NAMES else "")
+        logger.warning("%s: %d (%s)", what, len(names), first)
 
 
 def one_line(text, limit: int = 300) -> str:

@@ -42,6 +42,8 @@ from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components
 
+from utils.labels import relabel
+
 LOGGER = logging.getLogger(__name__)
 
 BORDER_WIDTH = 2  # pixels: an instance with a pixel this close to the border is not scored
@@ -155,35 +157,15 @@ def _relabel(label: np.ndarray, width: int = 0,
     """Drop border instances (``width`` > 0) and relabel 1..n keeping the id order.
 
     Returns ``(label (H, W) int32, n, areas (n + 1,) int64)``; ``areas[0]`` is the background.
-    One bincount (or np.unique for huge sparse ids) + one lookup-table gather: no per-label loop.
+    One bincount (or np.unique for huge sparse ids) + one lookup-table gather (utils.labels).
     """
-    npix = label.size
-    max_id = int(label.max()) if npix else 0
-    if max_id == 0:
-        return np.zeros(label.shape, np.int32), 0, np.array([npix], np.int64)
-    border = _border_ids(label, width, frame_shape) if width > 0 else np.empty(0, np.int64)
-    if max_id <= max(2 * npix, 1 << 16):
-        flat = label.ravel()
-        if flat.dtype == np.uint64:  # bincount only takes what casts safely to int64
-            flat = flat.astype(np.int64)
-        counts = np.bincount(flat, minlength=max_id + 1)
-        keep = counts > 0
-        keep[0] = False
-        keep[border] = False
-        ids = np.flatnonzero(keep)
-        lut = np.zeros(max_id + 1, np.int32)
-        lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
-        out = lut[label]
-        fg = counts[ids].astype(np.int64)
-    else:  # ids far larger than the image: sort-based unique
-        uniq, inverse, counts = np.unique(label.ravel(), return_inverse=True, return_counts=True)
-        keep = (uniq != 0) & ~np.isin(uniq, border)
-        lut = np.zeros(uniq.size, np.int32)
-        lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-        out = lut[inverse].reshape(label.shape)
-        fg = counts[keep].astype(np.int64)
-    areas = np.concatenate([[npix - fg.sum()], fg])
-    return out, int(fg.size), areas
+    border = _border_ids(label, width, frame_shape) if width > 0 else None
+
+    def off_border(ids, areas):
+        return ~np.isin(ids, border)
+
+    out, fg = relabel(label, None if border is None else off_border)
+    return out, int(fg.size), np.concatenate([[label.size - fg.sum()], fg])
 
 
 def remove_boundary_cells(label, width: int = BORDER_WIDTH) -> np.ndarray:

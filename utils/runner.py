@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from utils.dataset import IGNORE_SUFFIX  # NAME_ignore.png beside NAME_label.tiff
-from utils.io import (IMAGE_SUFFIXES, InputError, LABEL_SUFFIX, atomic_write, failure_reason,
-                      normalize_image, read_image, remove_stale_temporaries, write_image,
-                      write_label)
+from utils.io import (IGNORE_SUFFIX, IMAGE_SUFFIXES, InputError, LABEL_SUFFIX, atomic_write,
+                      failure_reason, normalize_image, read_image, remove_stale_temporaries,
+                      write_image, write_label)
 from utils.plots import overlay_outlines
 from utils.shapes import write_outlines
 

@@ -10,7 +10,7 @@
   training, as they will at prediction time.
 - dsb2018 and usiigaci keep data/splits/real_{train,val}.txt (data/real.yaml), made before.
 
-A split file lists image paths relative to the data root, one per line (utils.dataset).
+A split file lists image paths relative to the data root, one per line (utils.datasplits).
 """
 from __future__ import annotations
 

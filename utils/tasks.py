@@ -19,11 +19,13 @@ from models.omnipose import Omnipose
 from models.loading import model_from_weights
 from utils.autoanchor import check_anchors
 from utils.config import from_dict, load_data_config, load_yaml
-from utils.dataset import CellDataset, DatasetCache, collate_fn, dataset_boxes, resolve_split
+from utils.dataset import CellDataset, collate_fn
+from utils.datasplits import resolve_split
 from utils.engine import Task, TrainOptions
 from utils.flows import TARGET_CHANNELS, label_to_tensor
 from utils.inference import AWFSegmenter, OmniposeSegmenter
 from utils.io import InputError
+from utils.label_cache import DatasetCache, dataset_boxes
 from utils.loss import AWFLoss, AWFLossGains, OmniposeLoss, OmniposeLossGains
 from utils.metrics import match_instances
 from utils.precision import resolve_precision
@@ -146,7 +148,7 @@ class WeaklyTask(AWFTask):
 
     A pseudo-labelled sample keeps its confidence (predict.py --pseudo's mean foreground
     probability, 0..1) as its weight in the pixel losses; samples under ``hyp.pseudo_conf`` are
-    dropped, and NAME_ignore.png masks leave uncertain pixels out of the loss (utils.dataset).
+    dropped, and NAME_ignore.png masks leave uncertain pixels out of the loss (utils.label_cache).
     An image both labelled and pseudo-labelled keeps its true label. Validation is the ``val``
     split filtered to the modality, so best.pt is chosen for this branch.
     """

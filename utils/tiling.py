@@ -18,7 +18,8 @@ from typing import Callable
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.segmentation import relabel_sequential
+
+from utils.labels import relabel_consecutive
 
 LOGGER = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ def segment_chunked(image: np.ndarray, segment_fn: Callable[[np.ndarray], np.nda
     for (cy0, cx0, cy1, cx1), (ry0, rx0, ry1, rx1) in grid:
         label = _check_label(segment_fn(image[ry0:ry1, rx0:rx1]), (ry1 - ry0, rx1 - rx0))
         if label.size and label.max() > MAX_DIRECT_ID:
-            label = relabel_sequential(label)[0]
+            label = relabel_consecutive(label)
         ids = core_instance_ids(label, (cy0 - ry0, cx0 - rx0, cy1 - ry0, cx1 - rx0))
         mapping = np.zeros(int(label.max(initial=0)) + 1, np.uint32)
         mapping[ids] = np.arange(next_id, next_id + len(ids), dtype=np.uint32)

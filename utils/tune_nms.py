@@ -20,9 +20,10 @@ from tqdm import tqdm
 from models.loading import load_model
 from utils.cli import setup_logging
 from utils.config import load_data_config
-from utils.dataset import DatasetCache, resolve_split
+from utils.datasplits import resolve_split
 from utils.inference import AWFSegmenter
 from utils.io import check_output_file, write_table
+from utils.label_cache import DatasetCache
 from utils.metrics import match_instances
 from utils.routing import MODALITIES
 from utils.nms import non_max_suppression

@@ -34,10 +34,9 @@ import torch
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-LOGGER = logging.getLogger(__name__)
+from utils.labels import fill_holes, remove_small
 
-# 4-connectivity offsets used for hole rings (holes are 4-connected background components).
-_NEIGHBOURS_4 = ((-1, 0), (1, 0), (0, -1), (0, 1))
+LOGGER = logging.getLogger(__name__)
 
 
 @dataclass
@@ -262,44 +261,6 @@ def peak_markers(labels: np.ndarray, components: tuple[np.ndarray, int], height:
     return out
 
 
-def fill_single_instance_holes(labels: np.ndarray) -> np.ndarray:
-    """Fill, in place, background holes whose whole 4-connected border is one instance (step f).
-
-    A hole is a background component not touching the image border; holes bordered by several
-    instances (gaps between touching cells) are left alone. ``labels`` ``(H, W)`` int, returned.
-    """
-    bg, n = ndi.label(labels == 0)
-    if n <= 1:
-        return labels
-    is_hole = np.ones(n + 1, bool)
-    is_hole[0] = False
-    is_hole[np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]])] = False
-    pix = np.flatnonzero(is_hole[bg])
-    if pix.size == 0:
-        return labels
-    w = labels.shape[1]
-    hid = bg.ravel()[pix]
-    lo = np.full(n + 1, np.iinfo(np.int64).max)
-    hi = np.zeros(n + 1, np.int64)
-    for dy, dx in _NEIGHBOURS_4:  # holes never touch the border, so neighbours are in bounds
-        nb = labels.ravel()[pix + dy * w + dx].astype(np.int64)
-        m = nb > 0
-        np.minimum.at(lo, hid[m], nb[m])
-        np.maximum.at(hi, hid[m], nb[m])
-    single = lo[hid] == hi[hid]
-    labels.ravel()[pix[single]] = lo[hid[single]]
-    return labels
-
-
-def remove_small_and_relabel(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Drop instances under ``min_size`` pixels and relabel 1..n keeping id order; int32 copy."""
-    counts = np.bincount(labels.ravel())
-    keep = counts >= min_size
-    keep[0] = False
-    new_ids = (np.cumsum(keep) * keep).astype(np.int32)
-    return new_ids[labels]
-
-
 def postprocess(boxes, scores, fg: np.ndarray, height: np.ndarray,
                 params: PostprocessParams | None = None) -> np.ndarray:
     """AWF instance post-processing of one image.
@@ -334,5 +295,5 @@ def postprocess(boxes, scores, fg: np.ndarray, height: np.ndarray,
     seeds = peak_markers(labels, fg_components, height, p.peak_thresh, len(keep) + 1,
                          box_cover(boxes[keep], fg_mask.shape))
     np.copyto(seeds, labels, where=labels > 0)
-    labels = fill_single_instance_holes(flood(elevation, seeds, fg_mask, fg_components))
-    return remove_small_and_relabel(labels, p.min_size)
+    labels = fill_holes(flood(elevation, seeds, fg_mask, fg_components))
+    return remove_small(labels, p.min_size)
