@@ -32,14 +32,13 @@ from utils import io as uio
 from utils.augment import Tile, augment_tiles, eval_transform, relabel_consecutive
 from utils.boxes import label_to_boxes
 from utils.config import DataConfig, Hyp
-from utils.modality import classify_modality
+from utils.modality import MODALITIES, classify_modality
 from utils.sampling import ShareSampler, source_of
 from utils.targets import height_map
 
 LOGGER = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "unlabeled", "pseudo")
-MODALITIES = ("bf", "fl", "gs")
 META_FILE = "meta.csv"                # name,modality[,...] per image, in a dataset folder or root
 CONFIDENCE_FILE = "confidence.csv"    # name,confidence per image, in a pseudo-label folder
 CONFIDENCE_GLOB = "confidence*.csv"   # in labels/: predict.py's file (confidence_rankN.csv per rank)

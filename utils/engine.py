@@ -29,6 +29,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from models.awf import MAX_STRIDE  # multi-scale sizes are multiples of it
 from utils import dist as du
 from utils.checkpoint import load_checkpoint, save_checkpoint_atomic
 from utils.config import Hyp, from_dict, load_config, to_dict
@@ -44,8 +45,6 @@ MIN_WARMUP_ITERS = 100
 # ... but never more than this fraction of all steps. YOLOv5 has no cap: with 300 epochs it never
 # matters, but a weakly-stage run of 6 epochs x 4 batches stayed in warm-up (lr ~1e-5) throughout.
 WARMUP_MAX_FRACTION = 0.3
-# Multi-scale sizes are multiples of the network's largest stride.
-GRID = 32
 # Seconds between progress-bar lines when stderr is a file, not a terminal (keeps nohup logs readable).
 LOG_BAR_INTERVAL = 60.0
 
@@ -374,7 +373,7 @@ class Trainer:
             return batch
         m = self.hyp.multiscale
         lo, hi = self.opt.img * (1 - m), self.opt.img * (1 + m)
-        size = max(GRID, int(random.uniform(lo, hi) // GRID * GRID))
+        size = max(MAX_STRIDE, int(random.uniform(lo, hi) // MAX_STRIDE * MAX_STRIDE))
         old = batch["img"].shape[-1]
         if size == old:
             return batch
