@@ -7,7 +7,7 @@ from scipy import ndimage as ndi
 from skimage.measure import label as connected_components
 
 from utils.tiling import (WindowAccumulator, blend_windows, chunk_grid, gaussian_weight,
-                          segment_chunked, window_grid)
+                          segment_chunked, segment_chunked_parts, window_grid)
 
 
 @pytest.mark.parametrize("shape", [(640, 640), (1000, 1500), (300, 200), (641, 1281), (5, 2000)])
@@ -126,6 +126,13 @@ def test_seam_cells_are_whole_and_unique():
     assert sum(all(any(s[ax].start < c < s[ax].stop for c in seams) for ax in (0, 1)) for s in boxes) >= 3
     pred = segment_chunked(coordinate_image(shape), fake_segmenter(gt), chunk=chunk, margin=margin)
     assert pred.dtype == np.uint32 and pred.shape == shape
+    # with parts: the same label, and each region's part in the order segmented
+    with_parts = fake_segmenter(gt)
+    label, parts = segment_chunked_parts(coordinate_image(shape),
+                                         lambda im: (with_parts(im), im.shape[:2]),
+                                         chunk=chunk, margin=margin)
+    assert np.array_equal(label, pred)
+    assert parts == [(y1 - y0, x1 - x0) for _, (y0, x0, y1, x1) in chunk_grid(*shape, chunk, margin)]
     assert np.array_equal(pred > 0, gt > 0)  # nothing lost, nothing added
     # one-to-one: each GT cell is exactly one predicted instance and vice versa (IoU == 1)
     pairs = np.unique(np.stack([gt[gt > 0], pred[gt > 0]]), axis=1)

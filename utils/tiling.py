@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -37,6 +37,7 @@ DEFAULT_MARGIN = 256
 MAX_DIRECT_ID = 1 << 24
 
 Box = tuple[int, int, int, int]  # (y0, x0, y1, x1), pixels, y1/x1 exclusive
+Part = TypeVar("Part")
 
 
 def _starts(length: int, window: int, stride: int) -> list[int]:
@@ -214,3 +215,20 @@ def segment_chunked(image: np.ndarray, segment_fn: Callable[[np.ndarray], np.nda
         view[paste] = new[paste]
         LOGGER.debug("chunk core (%d, %d): %d instances kept", cy0, cx0, len(ids))
     return out
+
+
+def segment_chunked_parts(image: np.ndarray,
+                          segment_fn: Callable[[np.ndarray], tuple[np.ndarray, Part]],
+                          chunk: int = DEFAULT_CHUNK, margin: int = DEFAULT_MARGIN,
+                          progress: bool = False) -> tuple[np.ndarray, list[Part]]:
+    """:func:`segment_chunked` for a ``segment_fn`` that returns ``(label, part)``: the ``(H, W)
+    uint32`` label and the parts of the regions, in the order they were segmented (e.g. the
+    statistics of each region, which the caller adds up)."""
+    parts: list[Part] = []
+
+    def label_of(region: np.ndarray) -> np.ndarray:
+        label, part = segment_fn(region)
+        parts.append(part)
+        return label
+
+    return segment_chunked(image, label_of, chunk=chunk, margin=margin, progress=progress), parts
