@@ -17,9 +17,9 @@ from utils import io as uio
 from utils import tasks
 from utils.config import Hyp, load_config
 from utils.dataset import CellDataset, collate_fn
-from utils.engine import TrainOptions
 from utils.inference import AWFSegmenter
 from utils.loss import AWFLoss
+from utils.options import TrainOptions
 from utils.routing import Overrides, load_routing
 from utils.runner import PSEUDO_IGNORE_HIGH, PSEUDO_IGNORE_LOW, uncertain_mask
 from utils.synthetic import write_dataset

@@ -20,12 +20,13 @@ from models.loading import model_from_weights
 from utils.autoanchor import check_anchors
 from utils.config import from_dict, load_data_config, load_yaml
 from utils.dataset import CellDataset, DatasetCache, collate_fn, dataset_boxes, resolve_split
-from utils.engine import Task, TrainOptions
+from utils.engine import Task
 from utils.flows import TARGET_CHANNELS, label_to_tensor
 from utils.inference import AWFSegmenter, OmniposeSegmenter
 from utils.io import InputError
 from utils.loss import AWFLoss, AWFLossGains, OmniposeLoss, OmniposeLossGains
 from utils.metrics import match_instances
+from utils.options import TrainOptions
 from utils.precision import resolve_precision
 from utils.routing import load_routing
 
@@ -138,7 +139,7 @@ class AWFTask(SegmentationTask):
         check_anchors(model, dataset_boxes(self.train_samples, self.cache), thr=thr,
                       noautoanchor=self.opt.noautoanchor)
 
-    def batch_size_keys(self) -> tuple[str, ...]:
+    def bilinear_map_keys(self) -> tuple[str, ...]:
         return ("height",)
 
     def segmenter(self, model: nn.Module, device: torch.device, modality: str):
@@ -204,7 +205,7 @@ class OmniposeTask(SegmentationTask):
     def target_fn(self):
         return omnipose_targets
 
-    def batch_size_keys(self) -> tuple[str, ...]:
+    def bilinear_map_keys(self) -> tuple[str, ...]:
         return ("omni",)
 
     def rescale_targets(self, batch: dict, s: float) -> dict:

@@ -122,15 +122,6 @@ class WindowAccumulator:
         return out
 
 
-def blend_windows(maps, windows, shape: tuple[int, int, int],
-                  sigma_scale: float = GAUSSIAN_SIGMA_SCALE) -> np.ndarray:
-    """Blend per-window maps ``(C, h, w)`` at ``windows`` ``(y0, x0, y1, x1)`` into ``(C, H, W)``."""
-    acc = WindowAccumulator(shape, sigma_scale)
-    for m, (y0, x0, _, _) in zip(maps, windows):
-        acc.add(m, y0, x0)
-    return acc.result()
-
-
 def chunk_grid(height: int, width: int, chunk: int = DEFAULT_CHUNK,
                margin: int = DEFAULT_MARGIN) -> list[tuple[Box, Box]]:
     """``(core, region)`` pairs: cores tile the image on a regular grid of at most ``chunk`` per side
