@@ -116,7 +116,7 @@ def test_router_falls_back_to_general_and_loads_once(tmp_path, caplog):
         assert result.branch == "general" and set(result.timings) == {"modality", "network",
                                                                       "postprocess"}
     assert len(router._models) == 1  # the general model loaded once for both calls
-    assert router.params("bf").detection == BranchSettings(0.20, 0.25, 3000)  # data/routing.yaml
+    assert router.params("bf").detection == BranchSettings(0.25, 0.25, 3000)  # data/routing.yaml
     assert router.params("fl").detection == BranchSettings(0.30, 0.30, 3000)
 
 
@@ -125,7 +125,7 @@ def test_routing_yaml_holds_the_shipped_values_and_the_docstring_shows_them():
     assert cfg == load_routing(REPO / "data" / "routing.yaml") and DEFAULT_ROUTING.is_file()
     assert cfg.model_dict == {"bf": "general.pt", "gs": "grayscale.pt", "fl": "fl.pt",
                               "omni": "omnipose.pt"} and cfg.general == "bf"
-    assert cfg.postprocess == {"bf": BranchSettings(0.20, 0.25), "gs": BranchSettings(0.30, 0.25),
+    assert cfg.postprocess == {"bf": BranchSettings(0.25, 0.25), "gs": BranchSettings(0.30, 0.25),
                                "fl": BranchSettings(0.30, 0.30)}  # utils.tune_nms's choice
     assert cfg.omni_rule == OmniRule(enabled=True, modalities=["fl"], awf_conf_below=0.0,
                                      omni_margin=0.0, diameter_ratio_above=1.025)

@@ -8,7 +8,7 @@ values (tests/test_predict.py checks this block against the file):
     model_dict: {bf: general.pt, gs: grayscale.pt, fl: fl.pt, omni: omnipose.pt}
     general: bf
     postprocess:
-      bf: {conf_thres: 0.20, iou_thres: 0.25}
+      bf: {conf_thres: 0.25, iou_thres: 0.25}
       gs: {conf_thres: 0.30, iou_thres: 0.25}
       fl: {conf_thres: 0.30, iou_thres: 0.30}
     omni_rule: {enabled: true, modalities: [fl], awf_conf_below: 0.0, omni_margin: 0.0,

@@ -25,7 +25,7 @@ from utils.dataset import DatasetCache, resolve_split
 from utils.inference import AWFSegmenter
 from utils.io import check_output_file, write_table
 from utils.metrics import match_instances
-from utils.routing import MODALITIES
+from utils.modality import MODALITIES
 from utils.nms import non_max_suppression
 from utils.precision import MODES, log_precision, resolve_precision
 from utils.routing import DEFAULT_ROUTING, BranchSettings, load_routing
