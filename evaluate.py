@@ -22,7 +22,7 @@ import pandas as pd
 
 from utils.cli import add_prediction_args, router_from_args, setup_logging
 from utils.dist import select_device
-from utils.checkpoint import CheckpointError
+from utils.errors import USER_ERRORS
 from utils.config import ConfigError, load_data_config
 from utils.datasplits import read_split_file, resolve_split
 from utils.io import (LABEL_SUFFIX, InputError, check_output_dir, check_output_file, label_path_for,
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
         return empty_input_status(", ".join(args.input), args.allow_empty)
     try:
         router = router_from_args(args, select_device(args.device))
-    except (FileNotFoundError, CheckpointError) as exc:
+    except USER_ERRORS as exc:  # a missing or refused checkpoint, a bad routing YAML or flag
         LOGGER.error("%s", exc)
         return 2
     with tempfile.TemporaryDirectory() as tmp:

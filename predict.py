@@ -21,7 +21,7 @@ from pathlib import Path
 
 from utils.cli import add_prediction_args, router_from_args, setup_logging
 from utils.dist import dist_info, select_device
-from utils.checkpoint import CheckpointError
+from utils.errors import USER_ERRORS
 from utils.io import InputError, check_output_dir, list_images
 from utils.runner import empty_input_status, predict_files, report_failures, shard
 
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
         return empty_input_status(args.input, args.allow_empty)
     try:
         router = router_from_args(args, device)
-    except (FileNotFoundError, CheckpointError) as exc:
+    except USER_ERRORS as exc:  # a missing or refused checkpoint, a bad routing YAML or flag
         LOGGER.error("%s", exc)
         return 2
     suffix = f"_rank{info.rank}" if info.distributed else ""

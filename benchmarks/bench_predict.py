@@ -36,10 +36,11 @@ import torch
 
 from models.awf import AWF
 from models.loading import load_model
-from utils.inference import AWFSegmenter, InferenceParams, pad_to_stride
+from utils.inference import AWFSegmenter, pad_to_stride
 from utils.io import load_image, normalize_image
 from utils.nms import non_max_suppression
 from utils.precision import MODES, resolve_precision
+from utils.routing import Overrides, load_routing
 from utils.synthetic import make_sample
 from utils.watershed import postprocess
 
@@ -91,10 +92,10 @@ def forward(seg: AWFSegmenter, x: torch.Tensor):
 
 def bench_size(seg: AWFSegmenter, image: np.ndarray, repeats: int) -> dict:
     """Median ms of forward / NMS / post-processing / segment() on one network image."""
-    p = seg.params
+    p, d = seg.params, seg.params.detection
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
     t_fwd, (pred, fg, height) = timed(lambda: forward(seg, x), repeats)
-    t_nms, det = timed(lambda: non_max_suppression(pred, p.conf_thres, p.iou_thres, p.max_det)[0],
+    t_nms, det = timed(lambda: non_max_suppression(pred, d.conf_thres, d.iou_thres, d.max_det)[0],
                        repeats)
     fg_np, height_np, det_np = fg.numpy(), height.numpy(), det.numpy()
     t_post, label = timed(lambda: postprocess(det_np[:, :4], det_np[:, 4], fg_np, height_np, p.post),
@@ -114,8 +115,9 @@ def build_model(ckpt: str | None):
 
 
 def segmenter(args, amp: str) -> AWFSegmenter:
-    return AWFSegmenter(build_model(args.ckpt), "cpu", InferenceParams(conf_thres=args.conf_thres),
-                        precision=resolve_precision(amp, "cpu"))
+    """The AWF pipeline with data/routing.yaml's fl settings, ``--conf-thres`` overriding."""
+    params = load_routing().inference_params("fl", Overrides(conf_thres=args.conf_thres))
+    return AWFSegmenter(build_model(args.ckpt), "cpu", params, precision=resolve_precision(amp, "cpu"))
 
 
 def wsi_child(args) -> None:
@@ -127,12 +129,13 @@ def wsi_child(args) -> None:
     image = np.ascontiguousarray(np.tile(tile, (reps, reps, 1))[:args.wsi_size, :args.wsi_size])
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     t0 = time.perf_counter()
-    label, info = seg.segment(image)
+    result = seg.segment(image)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(json.dumps({"size": args.wsi_size, "seconds": round(seconds, 1),
                       "peak_rss_gib": round(peak, 2), "rss_before_segment_gib": round(rss_before, 2),
-                      "n_det": info["n_det"], "n_cells": info["n_cells"], "label_dtype": str(label.dtype)}))
+                      "n_det": result.n_det, "n_cells": result.n_cells,
+                      "label_dtype": str(result.label.dtype)}))
 
 
 def run_wsi(args, amp: str) -> dict:
@@ -154,7 +157,8 @@ def parse_args(argv=None):
     p.add_argument("--image", default=None, help="real image, cropped/tiled to each size")
     p.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], help="square sizes (px)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
-    p.add_argument("--conf-thres", type=float, default=InferenceParams.conf_thres)
+    p.add_argument("--conf-thres", type=float, default=load_routing().postprocess["fl"].conf_thres,
+                   help="detection threshold (default: data/routing.yaml's fl value)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     p.add_argument("--amp", nargs="+", default=["fp32", "auto"], choices=MODES,
                    help="precision policies to compare (utils.precision)")

@@ -3,7 +3,7 @@
 The challenge's ``baseline/compute_metric.py`` (github.com/JunMa11/NeurIPS-CellSeg; it needs
 numba) is not shipped here: pass its path. Both command lines score the same generated folder
 and their CSVs are compared per image and per threshold. Cases: every label map of DATA_DIR
-against a prediction-like copy (benchmarks.bench_metric.perturb), plus edge cases: an empty
+against a prediction-like copy (utils.perturb.perturb), plus edge cases: an empty
 prediction, an empty ground truth, non-sequential uint16 ids, and a 5200 x 5000 mosaic of real
 label maps that takes the challenge's tiled (2000 x 2000) path.
 
@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-from benchmarks.bench_metric import DEFAULT_DATA, perturb
+from benchmarks.bench_metric import DEFAULT_DATA
 from utils.io import read_label
+from utils.perturb import perturb
 
 REPO = Path(__file__).resolve().parents[1]
 THRESHOLDS = ("0.5", "0.75", "0.9")

@@ -23,7 +23,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from utils.routing import OmniRule, load_routing
+from utils.modality import MODALITIES
+from utils.routing import DEFAULT_ROUTING, OmniRule, leave_one_out, load_routing
 
 # Grid of (awf_conf_below, omni_margin, diameter_ratio_above). The first entry never switches,
 # so ties go to AWF alone; 1.01 / -1.0 / 0.0 switch always by one test.
@@ -50,25 +51,23 @@ def takes(frame: pd.DataFrame, rule: OmniRule) -> np.ndarray:
     return np.asarray(rule.prefer_omnipose(*(frame[c].to_numpy() for c in cols)), bool)
 
 
+def grid_rule(below: float, margin: float, ratio: float) -> OmniRule:
+    """A rule of the grid, on every modality (the frame says which images it is scored on)."""
+    return OmniRule(enabled=True, modalities=list(MODALITIES), awf_conf_below=below,
+                    omni_margin=margin, diameter_ratio_above=ratio)
+
+
 def grid_scores(frame: pd.DataFrame) -> np.ndarray:
     """``(len(GRID), N)``: each image's F1 under each grid rule."""
     a, o = frame["F1_awf"].to_numpy(), frame["F1_omni"].to_numpy()
-    rules = (OmniRule(awf_conf_below=b, omni_margin=m, diameter_ratio_above=r) for b, m, r in GRID)
-    return np.stack([np.where(takes(frame, rule), o, a) for rule in rules])
-
-
-def leave_one_out(scores: np.ndarray) -> float:
-    """Mean F1 when each image is routed by the grid rule best on all the other images."""
-    rest = scores.sum(axis=1, keepdims=True) - scores   # (rules, N): total without image i
-    best = rest.argmax(axis=0)                          # first maximum: ties keep AWF alone
-    return float(scores[best, np.arange(scores.shape[1])].mean())
+    return np.stack([np.where(takes(frame, grid_rule(*values)), o, a) for values in GRID])
 
 
 def report(frame: pd.DataFrame, name: str, configured: OmniRule) -> None:
     scores = grid_scores(frame)
     best = int(scores.sum(axis=1).argmax())
     b, m, r = GRID[best]
-    sent = takes(frame, OmniRule(awf_conf_below=b, omni_margin=m, diameter_ratio_above=r))
+    sent = takes(frame, grid_rule(b, m, r))
     better = (frame["F1_omni"] > frame["F1_awf"]).to_numpy()
     worse = (frame["F1_omni"] < frame["F1_awf"]).to_numpy()
     applies = frame["modality"].isin(configured.modalities).to_numpy() & configured.enabled
@@ -86,7 +85,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("awf_csv")
     ap.add_argument("omni_csv")
-    ap.add_argument("--routing", default="data/routing.yaml", help="the configured rule to score")
+    ap.add_argument("--routing", default=str(DEFAULT_ROUTING), help="the configured rule to score")
     ap.add_argument("--modalities", nargs="+", default=None, help="default: every modality")
     args = ap.parse_args(argv)
     frame = merge(args.awf_csv, args.omni_csv)

@@ -16,9 +16,7 @@ from torch import nn
 from models.awf import IMAGENET_MEAN, IMAGENET_STD, MAX_STRIDE, PAN, WatershedDecoder
 from models.backbone import ResNet18Backbone
 from utils.config import from_dict, to_dict
-
-# Output channels, in order (the target layout of utils.flows.targets_to_tensor).
-OUTPUTS = ("flow_y", "flow_x", "dist", "boundary")
+from utils.flows import TARGET_CHANNELS  # the output channels, in order: the training targets' layout
 
 
 @dataclass
@@ -51,7 +49,7 @@ class Omnipose(nn.Module):
         c1, c2, c3, c4, c5 = 64, 64, 128, 256, 512
         self.neck = PAN((c3, c4, c5), cfg.neck_channels, top_stride=8)
         self.decoder = WatershedDecoder(cfg.neck_channels, c2, c1, tuple(cfg.decoder_channels),
-                                        out_ch=len(OUTPUTS))
+                                        out_ch=len(TARGET_CHANNELS))
 
     def forward(self, x: torch.Tensor) -> dict:
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] % MAX_STRIDE or x.shape[3] % MAX_STRIDE:

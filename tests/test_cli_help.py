@@ -44,3 +44,28 @@ def test_module_help_shows_defaults(module, default):
                          capture_output=True, text=True).stdout
     assert default in out
     assert "--seed SEED" in out and "search seed" in out
+
+
+def test_prediction_scripts_do_not_load_the_training_stack():
+    code = ("import sys, predict, evaluate, utils.predictor, utils.cli; "
+            "sys.exit('utils.engine' in sys.modules or 'utils.tasks' in sys.modules)")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_training_flags_are_the_train_options():
+    from dataclasses import fields
+
+    from utils.cli import options_from_args
+    from utils.options import TrainOptions
+    parser = training_parser("t", data="d.yaml", hyp="h.yaml", epochs=7)
+    opt = options_from_args(parser.parse_args(["--img-size", "320", "--cos-lr", "--amp", "off"]))
+    assert opt == TrainOptions(data="d.yaml", hyp="h.yaml", epochs=7, img=320, cos_lr=True,
+                               amp="off")
+    dests = {a.dest for a in parser._actions if not isinstance(a, argparse._HelpAction)}
+    assert dests == {f.name for f in fields(TrainOptions)} - {"save_dir"}  # one flag per option
+    with pytest.raises(SystemExit):  # torchrun sets LOCAL_RANK; no flag is taken and dropped
+        parser.parse_args(["--local-rank", "0"])
+    with pytest.raises(TypeError, match="bogus"):
+        training_parser("t", data="d.yaml", hyp="h.yaml", bogus=1)
+    with pytest.raises(SystemExit):  # an option without a default is a required flag
+        training_parser("t", hyp="h.yaml").parse_args([])

@@ -458,3 +458,17 @@ def test_cli(tmp_path, capsys):
     assert "failed cases: none" in capsys.readouterr().out
     assert (seg_dir / "demo-0.8.csv").is_file()
     assert compute_metric.main(["-s", str(tmp_path / "missing")]) == 2
+
+
+def test_perturb_makes_a_prediction_like_copy():
+    from utils.perturb import perturb
+    gt = np.zeros((80, 100), np.uint16)
+    for i in range(20):  # 4 x 5 separate 10 x 12 cells
+        y, x = divmod(i, 5)
+        gt[5 + 20 * y:15 + 20 * y, 4 + 19 * x:16 + 19 * x] = i + 1
+    out = perturb(gt, np.random.default_rng(0), drop=0.1, split=0.1)
+    assert out.dtype == np.int32 and out.shape == gt.shape
+    assert np.array_equal(out, perturb(gt, np.random.default_rng(0), drop=0.1, split=0.1))
+    ids = np.unique(out)[1:]
+    assert 18 <= len(ids) <= 20  # 2 cells dropped, 2 split in two (a dropped one stays dropped)
+    assert (ids > 20).sum() >= 1 and (out > 0).sum() < 0.8 * (gt > 0).sum()  # split, eroded

@@ -6,26 +6,16 @@ import pytest
 import torch
 
 import utils.nms as nms_mod
-from utils.nms import clip_boxes, merge_detections, non_max_suppression, xywh2xyxy, xyxy2xywh
+from utils.nms import merge_detections, non_max_suppression, xywh2xyxy
 
 
-def test_box_conversions_round_trip_tensor_and_array():
+def test_box_conversion_of_tensors_and_arrays():
     xywh = torch.tensor([[10.0, 20.0, 4.0, 6.0], [0.5, 0.5, 1.0, 1.0]])
     xyxy = xywh2xyxy(xywh)
     assert torch.equal(xyxy, torch.tensor([[8.0, 17.0, 12.0, 23.0], [0.0, 0.0, 1.0, 1.0]]))
-    assert torch.equal(xyxy2xywh(xyxy), xywh)
-    arr = xywh.numpy()
-    np.testing.assert_array_equal(xyxy2xywh(xywh2xyxy(arr)), arr)
+    np.testing.assert_array_equal(xywh2xyxy(xywh.numpy()), xyxy.numpy())
     assert torch.equal(xywh, torch.tensor([[10.0, 20.0, 4.0, 6.0], [0.5, 0.5, 1.0, 1.0]]))  # untouched
-    np.testing.assert_array_equal(xyxy2xywh(np.array([[0, 0, 3, 5]])), [[1.5, 2.5, 3, 5]])  # ints
     assert torch.equal(xywh2xyxy(torch.tensor([[3, 3, 3, 3]])), torch.tensor([[1.5, 1.5, 4.5, 4.5]]))
-
-
-def test_clip_boxes_x2_exclusive():
-    boxes = torch.tensor([[-5.0, -1.0, 120.0, 50.0]])
-    assert torch.equal(clip_boxes(boxes, (40, 100)), torch.tensor([[0.0, 0.0, 100.0, 40.0]]))
-    assert boxes[0, 0] == -5  # a copy
-    np.testing.assert_array_equal(clip_boxes(boxes.numpy(), (40, 100, 3)), [[0, 0, 100, 40]])
 
 
 def pred_from(rows):

@@ -1,5 +1,8 @@
 """The Omnipose branch: network shapes, AWF weight transfer, loss, segmenter, train_omnipose.py."""
+import shutil
+
 import numpy as np
+import pytest
 import torch
 
 from models.awf import AWF
@@ -7,9 +10,10 @@ from models.loading import load_model, model_from_weights
 from models.omnipose import Omnipose
 from utils.checkpoint import save_checkpoint_atomic
 from utils.flows import label_to_tensor, reconstruct_masks
-from utils.inference import OmniposeSegmenter
+from utils.inference import OmniposeParams, OmniposeSegmenter
 from utils.loss import OmniposeLoss
 from utils.metrics import match_instances
+from utils.routing import Overrides, Router, load_routing
 from utils.synthetic import make_label
 
 
@@ -63,12 +67,14 @@ class _Oracle(torch.nn.Module):
 def test_segmenter_returns_ground_truth_from_ground_truth_maps():
     label = make_label((100, 90), seed=4, size_range=(12, 40))  # not a multiple of 32: padding
     seg = OmniposeSegmenter(_Oracle(label))
-    pred, info = seg.segment(np.zeros((100, 90, 3), np.uint8))
+    result = seg.segment(np.zeros((100, 90, 3), np.uint8))
+    pred = result.label
     assert pred.shape == label.shape
     t = label_to_tensor(label).numpy()  # padding and cropping change nothing:
     np.testing.assert_array_equal(pred, reconstruct_masks(t[:2], t[2]))
     assert match_instances(label, pred, count_bd_cells=True).f1 >= 0.9  # exactness: test_flows.py
-    assert info["fg_conf"] > 0.8  # sigmoid of a distance of >= 1 pixel inside cells
+    assert result.fg_conf > 0.8  # sigmoid of a distance of >= 1 pixel inside cells
+    assert result.fg is None and result.n_det == 0 and result.n_cells == pred.max()
 
 
 def test_train_omnipose_and_predict(tmp_path, synthetic_data, run_script):
@@ -81,3 +87,59 @@ def test_train_omnipose_and_predict(tmp_path, synthetic_data, run_script):
     images = synthetic_data.parent / "set" / "images"
     run_script(["predict.py", "-i", images, "-o", tmp_path / "out", "--ckpt", ckpt, "--device", "cpu"])
     assert len(list((tmp_path / "out").glob("*_label.tiff"))) == len(list(images.iterdir()))
+
+
+class _Painted(torch.nn.Module):
+    """The ground-truth Omnipose maps of the label painted in the input image (id * 8 in every
+    channel), so that a flipped or resized input gives the maps of the flipped or resized label."""
+
+    kind = "omnipose"
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []  # (H, W) of every input seen
+
+    def forward(self, x):
+        self.shapes.append(tuple(x.shape[-2:]))
+        t = label_to_tensor(torch.round(x[0, 0] * 255 / 8).to(torch.int32).numpy())
+        return {"flow": t[None, :2], "dist": t[None, 2:3], "boundary": t[None, 3:4]}
+
+
+def test_segmenter_honours_tta_and_scale():
+    label = make_label((100, 90), seed=4, size_range=(12, 40))
+    image = np.repeat((label * 8).astype(np.uint8)[..., None], 3, axis=2)
+    model = _Painted()
+    plain = OmniposeSegmenter(model).segment(image)
+    tta = OmniposeSegmenter(model, params=OmniposeParams(tta=True)).segment(image)
+    assert model.shapes == [(128, 96)] * 4  # one pass, then identity + two flips (padded)
+    # each flip mapped back with its flow component negated: the same masks
+    np.testing.assert_array_equal(tta.label, plain.label)
+    model.shapes.clear()
+    half = OmniposeSegmenter(model, params=OmniposeParams(scale=0.5)).segment(image)
+    assert model.shapes == [(64, 64)] and half.label.shape == label.shape  # 50 x 45, padded
+    assert match_instances(label, half.label, count_bd_cells=True).f1 >= 0.7
+
+
+def test_detection_flags_are_refused_for_an_omnipose_checkpoint(tmp_path, caplog):
+    model = Omnipose()
+    ckpt = tmp_path / "omni.pt"
+    save_checkpoint_atomic({"kind": "omnipose", "model": model.state_dict(),
+                            "model_config": model.config_dict()}, ckpt)
+    cpu = torch.device("cpu")
+    Router(load_routing(), cpu, Overrides(tta=True, scale=0.5), ckpt=str(ckpt)).check_checkpoints()
+    for flags, named in (({"conf_thres": 0.1}, "--conf-thres"),
+                         ({"iou_thres": 0.5, "max_det": 10}, "--iou-thres, --max-det")):
+        router = Router(load_routing(), cpu, Overrides(**flags), ckpt=str(ckpt))
+        with pytest.raises(ValueError, match=f"{named}: .*omni.pt is an Omnipose checkpoint"):
+            router.check_checkpoints()
+    # routed beside an AWF, they set the AWF branches: a warning, not an error
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    awf = AWF()
+    save_checkpoint_atomic({"kind": "awf", "model": awf.state_dict(),
+                            "model_config": awf.config_dict()}, ckpts / "general.pt")
+    shutil.copy(ckpt, ckpts / "omnipose.pt")
+    router = Router(load_routing(), cpu, Overrides(conf_thres=0.1), base_dir=tmp_path)
+    with caplog.at_level("WARNING"):
+        router.check_checkpoints()
+    assert any("--conf-thres: set for the AWF branches only" in r.message for r in caplog.records)

@@ -73,10 +73,12 @@ def test_bf16_labels_agree_with_fp32_labels():
     from utils.inference import AWFSegmenter
     from utils.io import load_image
     from utils.metrics import match_instances
+    from utils.routing import load_routing
     image = load_image(REPO / "examples" / "fl_cells.png")
     model = load_model(REPO / "ckpts" / "general.pt")
-    fp32, _ = AWFSegmenter(model, "cpu", precision=resolve_precision("fp32", "cpu")).segment(image)
-    bf16, _ = AWFSegmenter(model, "cpu", precision=resolve_precision("bf16", "cpu")).segment(image)
+    params = load_routing().inference_params("fl")
+    fp32, bf16 = (AWFSegmenter(model, "cpu", params, precision=resolve_precision(amp, "cpu"))
+                  .segment(image).label for amp in ("fp32", "bf16"))
     assert fp32.max() > 20
     assert match_instances(fp32, bf16, threshold=0.5).f1 >= 0.97
     assert not np.array_equal(fp32, np.zeros_like(fp32))

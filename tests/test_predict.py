@@ -1,16 +1,28 @@
 """predict.py and evaluate.py end to end: outputs, failures, routing, and metric parity."""
+import math
+import re
 import shutil
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
+import utils.routing
 from utils.checkpoint import save_checkpoint_atomic
+from utils.config import ConfigError
+from utils.inference import Segmentation, median_diameter
 from utils.io import read_image, read_label
-from utils.routing import OmniRule, RoutingConfig, Router, load_routing
+from utils.routing import (DEFAULT_ROUTING, BranchSettings, OmniRule, Overrides, Router,
+                           leave_one_out, load_routing)
 from tests.conftest import REPO
+
+# The original framework's rule (its gs branch): AWF unsure, or Omnipose clearly surer.
+ORIGINAL_RULE = OmniRule(enabled=True, modalities=["gs"], awf_conf_below=0.8, omni_margin=0.05,
+                         diameter_ratio_above=math.inf)
 
 
 def _images(synthetic_data) -> Path:
@@ -88,7 +100,7 @@ def test_router_falls_back_to_general_and_loads_once(tmp_path, caplog):
     ckpts = tmp_path / "ckpts"
     ckpts.mkdir()
     _save_awf(ckpts / "general.pt")
-    router = Router(RoutingConfig(ckpt_dir="ckpts"), torch.device("cpu"), base_dir=tmp_path)
+    router = Router(load_routing(ckpt_dir="ckpts"), torch.device("cpu"), base_dir=tmp_path)
     assert router.branch_path("bf") == ckpts / "general.pt"
     with caplog.at_level("WARNING"):
         assert router.branch_path("fl") == ckpts / "general.pt"
@@ -99,23 +111,52 @@ def test_router_falls_back_to_general_and_loads_once(tmp_path, caplog):
     raw[10:20, 10:20] = raw[40:52, 30:44] = 200
     image = np.repeat(raw, 3, axis=2)
     for _ in range(2):
-        label, info = router.segment(raw, image)
-        assert label.shape == (64, 64) and info["modality"] == "fl" and info["branch"] == "general"
+        result = router.segment(raw, image)
+        assert result.label.shape == (64, 64) and result.modality == "fl"
+        assert result.branch == "general" and set(result.timings) == {"modality", "network",
+                                                                      "postprocess"}
     assert len(router._models) == 1  # the general model loaded once for both calls
-    assert router.params("bf").conf_thres == 0.10 and router.params("fl").iou_thres == 0.35
+    assert router.params("bf").detection == BranchSettings(0.25, 0.25, 3000)  # data/routing.yaml
+    assert router.params("fl").detection == BranchSettings(0.30, 0.30, 3000)
 
 
-def test_routing_yaml_and_omni_rule():
-    cfg = load_routing(REPO / "data" / "routing.yaml")
-    assert cfg.model_dict["gs"] == "grayscale.pt"
-    assert set(cfg.settings) == {"bf", "fl", "gs"}  # tuned values: every modality has its own
-    assert all(0 < p.conf_thres < 1 and 0 < p.iou_thres < 1 for p in cfg.settings.values())
-    rule = OmniRule()
+def test_routing_yaml_holds_the_shipped_values_and_the_docstring_shows_them():
+    cfg = load_routing()
+    assert cfg == load_routing(REPO / "data" / "routing.yaml") and DEFAULT_ROUTING.is_file()
+    assert cfg.model_dict == {"bf": "general.pt", "gs": "grayscale.pt", "fl": "fl.pt",
+                              "omni": "omnipose.pt"} and cfg.general == "bf"
+    assert cfg.postprocess == {"bf": BranchSettings(0.25, 0.25), "gs": BranchSettings(0.30, 0.25),
+                               "fl": BranchSettings(0.30, 0.30)}  # utils.tune_nms's choice
+    assert cfg.omni_rule == OmniRule(enabled=True, modalities=["fl"], awf_conf_below=0.0,
+                                     omni_margin=0.0, diameter_ratio_above=1.025)
+    block = re.search(r"\n\n((?:    .*\n)+)\n", utils.routing.__doc__).group(1)
+    assert yaml.safe_load(textwrap.dedent(block)) == yaml.safe_load(DEFAULT_ROUTING.read_text())
+
+
+def test_routing_yaml_is_validated(tmp_path):
+    shipped = yaml.safe_load(DEFAULT_ROUTING.read_text())
+    for change, match in (({"postprocess": {"bf": shipped["postprocess"]["bf"]}}, "postprocess"),
+                          ({"omni_rule": {**shipped["omni_rule"], "margin": 0.1}}, "margin"),
+                          ({"omni_rule": {**shipped["omni_rule"], "modalities": ["dic"]}}, "dic")):
+        path = tmp_path / "routing.yaml"
+        path.write_text(yaml.safe_dump({**shipped, **change}))
+        with pytest.raises(ConfigError, match=match):
+            load_routing(path)
+    with pytest.raises(ConfigError, match="missing required key general"):
+        path.write_text(yaml.safe_dump({k: v for k, v in shipped.items() if k != "general"}))
+        load_routing(path)
+    with pytest.raises(ConfigError, match="no such file"):
+        load_routing(tmp_path / "missing.yaml")  # never a silent fallback
+
+
+def test_omni_rule():
+    rule = ORIGINAL_RULE
     assert rule.prefer_omnipose(awf_conf=0.7, omni_conf=0.1)      # AWF unsure
     assert rule.prefer_omnipose(awf_conf=0.85, omni_conf=0.91)    # Omnipose clearly surer
     assert not rule.prefer_omnipose(awf_conf=0.85, omni_conf=0.88)
     assert not rule.prefer_omnipose(0.85, 0.88, awf_diameter=10, omni_diameter=50)  # off: .inf
-    size = OmniRule(awf_conf_below=0.0, omni_margin=1.0, diameter_ratio_above=1.1)
+    size = OmniRule(enabled=True, modalities=["fl"], awf_conf_below=0.0, omni_margin=1.0,
+                    diameter_ratio_above=1.1)
     assert size.prefer_omnipose(0.9, 0.9, awf_diameter=10, omni_diameter=11.5)
     assert not size.prefer_omnipose(0.9, 0.9, awf_diameter=10, omni_diameter=10.5)
     assert not size.prefer_omnipose(0.9, 0.9, awf_diameter=0, omni_diameter=10)  # AWF found none
@@ -129,9 +170,8 @@ class _FixedSegmenter:
         self.label, self.conf = label, conf
 
     def segment(self, image):
-        from utils.inference import median_diameter
-        return self.label, {"fg_conf": self.conf, "diameter": median_diameter(self.label),
-                            "n_cells": int(self.label.max())}
+        return Segmentation(self.label, fg_conf=self.conf, diameter=median_diameter(self.label),
+                            n_cells=int(self.label.max()), timings={"network": 1.0})
 
 
 def test_router_applies_the_omni_rule_per_modality(tmp_path, monkeypatch):
@@ -148,14 +188,16 @@ def test_router_applies_the_omni_rule_per_modality(tmp_path, monkeypatch):
     image = np.repeat(raw, 3, axis=2)
     for modalities, ratio, branch in ((["fl"], 1.1, "omnipose"), (["fl"], 1.5, "general"),
                                       (["gs"], 1.1, "general")):
-        rule = OmniRule(modalities=modalities, awf_conf_below=0.0, omni_margin=1.0,
+        rule = OmniRule(enabled=True, modalities=modalities, awf_conf_below=0.0, omni_margin=1.0,
                         diameter_ratio_above=ratio)   # sqrt(2) = 1.41 times the diameter
-        router = Router(RoutingConfig(ckpt_dir="ckpts", omni_rule=rule), torch.device("cpu"),
+        router = Router(load_routing(ckpt_dir="ckpts", omni_rule=rule), torch.device("cpu"),
                         base_dir=tmp_path)
         monkeypatch.setattr(router, "segmenter", lambda path, modality: fake[path.stem])
-        label, info = router.segment(raw, image)
-        assert info["modality"] == "fl" and info["branch"] == branch
-        assert label.max() == (1 if branch == "omnipose" else 2)
+        result = router.segment(raw, image)
+        assert result.modality == "fl" and result.branch == branch
+        assert result.label.max() == (1 if branch == "omnipose" else 2)
+        # the time of every branch that ran: both when the rule applies
+        assert result.timings["network"] == (2.0 if modalities == ["fl"] else 1.0)
 
 
 class _BlobModel(torch.nn.Module):
@@ -176,12 +218,13 @@ class _BlobModel(torch.nn.Module):
 
 
 def test_flip_tta_maps_boxes_and_maps_back_to_the_image():
-    from utils.inference import AWFSegmenter, InferenceParams
+    from utils.inference import AWFSegmenter
     image = np.zeros((70, 90, 3), np.uint8)  # not a multiple of the stride: padding is involved
     image[5:20, 60:84] = 255                 # an off-centre, non-square blob
     image[50:66, 3:9] = 100                  # a dim asymmetric patch that only the maps see
-    plain = AWFSegmenter(_BlobModel(), "cpu", InferenceParams(tta=False))
-    tta = AWFSegmenter(_BlobModel(), "cpu", InferenceParams(tta=True))
+    plain, tta = (AWFSegmenter(_BlobModel(), "cpu",
+                               load_routing().inference_params("fl", Overrides(tta=flag)))
+                  for flag in (False, True))
     pred0, fg0, ht0 = plain.raw_outputs(image)
     pred, fg, ht = tta.raw_outputs(image)
     assert pred.shape == (3, 5)  # identity, left-right and up-down boxes pooled before NMS
@@ -202,7 +245,6 @@ def test_median_diameter_is_the_equal_area_circle_of_the_median_cell():
 
 
 def test_omni_rule_leave_one_out_scores_each_image_with_a_rule_tuned_without_it():
-    from benchmarks.omni_rule import leave_one_out
     scores = np.array([[0.5, 0.5, 0.5],      # rule 0: AWF alone
                        [1.0, 0.45, 0.45]])   # rule 1: best in-sample only thanks to image 0
     assert scores.sum(axis=1).argmax() == 1

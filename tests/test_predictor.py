@@ -39,11 +39,11 @@ def test_predictor_equals_predict_py_on_the_examples(predicted):
     predictor = Predictor.from_config()
     for path in EXAMPLES:
         expected = read_label(predicted / f"{path.stem}_label.tiff")
-        label, info = predictor.segment(path)
-        assert np.array_equal(label, expected), path.name
-        assert info["n_cells"] == len(np.unique(expected)) - 1
+        result = predictor.segment(path)
+        assert np.array_equal(result.label, expected), path.name
+        assert result.n_cells == len(np.unique(expected)) - 1 and result.branch == "general"
         # an in-memory array of the same pixels gives the same labels
-        assert np.array_equal(predictor.segment(read_image(path))[0], expected), path.name
+        assert np.array_equal(predictor.segment(read_image(path)).label, expected), path.name
 
 
 def test_predictor_takes_predict_py_flags_by_name(predicted):
@@ -56,7 +56,7 @@ def test_predictor_takes_predict_py_flags_by_name(predicted):
     # a lower threshold than data/routing.yaml's finds more cells: the flag reaches the Router
     path = REPO / "examples" / "fl_cells.png"
     default = read_label(predicted / "fl_cells_label.tiff").max()
-    assert Predictor.from_config(conf_thres=0.05).segment(path)[0].max() > default
+    assert Predictor.from_config(conf_thres=0.05).segment(path).label.max() > default
 
 
 def _installed() -> bool:

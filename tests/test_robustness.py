@@ -15,7 +15,7 @@ import torch
 
 from utils.checkpoint import CheckpointError, save_checkpoint_atomic
 from utils.io import read_label, remove_stale_temporaries, write_label, write_table
-from utils.routing import RoutingConfig, Router
+from utils.routing import Router, load_routing
 from utils.datasplits import read_confidence
 from utils import runner
 from utils.runner import RECORD_FIELDS, PredictionRecord, RecordLog, predict_files
@@ -232,7 +232,7 @@ def test_router_loads_every_branch_checkpoint_up_front(tmp_path):
     save_checkpoint_atomic({"kind": "awf", "model": model.state_dict(),
                             "model_config": model.config_dict()}, ckpts / "general.pt")
     torch.save({"kind": "awf", "model": {"not": torch.zeros(1)}}, ckpts / "fl.pt")  # wrong weights
-    router = Router(RoutingConfig(ckpt_dir="ckpts"), torch.device("cpu"), base_dir=tmp_path)
+    router = Router(load_routing(ckpt_dir="ckpts"), torch.device("cpu"), base_dir=tmp_path)
     with pytest.raises(CheckpointError) as err:
         router.check_checkpoints()
     assert "fl.pt" in str(err.value) and "\n" not in str(err.value)

@@ -137,7 +137,7 @@ def test_multiscale_scales_omnipose_distances_with_the_image():
     d = TARGET_CHANNELS.index("dist")
     batch = {"img": torch.zeros((1, 3, 64, 64)), "omni": label_to_tensor(label)[None]}
     task = OmniposeTask.__new__(OmniposeTask)  # the hook needs no options
-    out = task.rescale_targets(resize_batch(batch, 128, task.batch_size_keys()), 2.0)
+    out = task.rescale_targets(resize_batch(batch, 128, task.bilinear_map_keys()), 2.0)
     want = label_to_tensor(big)[d]
     assert abs(float(out["omni"][0, d].max()) - float(want.max())) < 0.1 * float(want.max())
     assert float(out["omni"][0, d].min()) == float(want.min())  # background value unchanged

@@ -17,9 +17,10 @@ from utils import io as uio
 from utils import tasks
 from utils.config import Hyp, load_config
 from utils.dataset import CellDataset, collate_fn
-from utils.engine import TrainOptions
-from utils.inference import AWFSegmenter, InferenceParams
+from utils.inference import AWFSegmenter
 from utils.loss import AWFLoss
+from utils.options import TrainOptions
+from utils.routing import Overrides, load_routing
 from utils.runner import PSEUDO_IGNORE_HIGH, PSEUDO_IGNORE_LOW, uncertain_mask
 from utils.synthetic import write_dataset
 from utils.targets import height_map
@@ -51,9 +52,10 @@ def test_segmenter_exposes_the_foreground_map():
     torch.manual_seed(0)
     image = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
     for scale in (1.0, 0.5):
-        label, info = AWFSegmenter(AWF.from_config({}), "cpu", InferenceParams(scale=scale)).segment(image)
-        assert info["fg"].shape == label.shape == (40, 56) and info["fg"].dtype == np.float32
-        assert 0.0 <= info["fg"].min() and info["fg"].max() <= 1.0
+        params = load_routing().inference_params("fl", Overrides(scale=scale))
+        result = AWFSegmenter(AWF.from_config({}), "cpu", params).segment(image)
+        assert result.fg.shape == result.label.shape == (40, 56) and result.fg.dtype == np.float32
+        assert 0.0 <= result.fg.min() and result.fg.max() <= 1.0
 
 
 @pytest.fixture

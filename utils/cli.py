@@ -1,13 +1,22 @@
-"""Command-line pieces shared by the scripts: logging set-up and the training flags."""
+"""Command-line pieces shared by the scripts: logging set-up, the training flags, the prediction flags.
+
+The training flags are built from :class:`utils.options.TrainOptions`; the training engine is
+imported only when a training script runs (:func:`train_cli`), so predict.py and evaluate.py
+never load the training stack.
+"""
 from __future__ import annotations
 
 import argparse
 import logging
 import os
 import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
 
-from utils.engine import TrainOptions
+from utils.config import REPO_ROOT
+from utils.options import TrainOptions
 from utils.precision import MODES
+from utils.routing import DEFAULT_ROUTING, Overrides, Router, load_routing
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -18,49 +27,30 @@ def setup_logging(verbose: bool = False) -> None:
                         datefmt="%H:%M:%S", stream=sys.stderr)
 
 
-def training_parser(description: str, data: str, hyp: str, weights: str = "", epochs: int = 100,
-                    name: str = "exp") -> argparse.ArgumentParser:
-    """YOLOv5's training flags (the original framework's commands run as written)."""
+def training_parser(description: str, **defaults) -> argparse.ArgumentParser:
+    """One flag per :class:`TrainOptions` field (its metadata: help, extra names, settings),
+    with the script's ``defaults`` by field name (``data=``, ``hyp=``, ``epochs=``...) in place of
+    the schema's; an option without a default is a required flag."""
+    flags = [f for f in fields(TrainOptions) if "help" in f.metadata]
+    unknown = sorted(set(defaults) - {f.name for f in flags})
+    if unknown:
+        raise TypeError(f"training_parser: no training flag {unknown}")
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default=data, help="dataset YAML")
-    p.add_argument("--hyp", default=hyp, help="hyperparameter YAML")
-    p.add_argument("--weights", default=weights,
-                   help="initial weights: resnet18.pt (backbone) or a checkpoint of this project")
-    p.add_argument("--cfg", default="",
-                   help="model YAML, e.g. models/awf_p345.yaml (detection levels, anchors); empty = "
-                        "the --weights checkpoint's architecture, else the defaults")
-    p.add_argument("--img", "--img-size", type=int, default=640, help="training crop size (pixels)")
-    p.add_argument("--batch", "--batch-size", type=int, default=16, help="total batch over all ranks")
-    p.add_argument("--epochs", type=int, default=epochs, help="training epochs (the cosine/linear "
-                   "learning-rate schedule spans them)")
-    p.add_argument("--workers", type=int, default=8, help="dataloader workers per rank")
-    p.add_argument("--device", default="", help="cuda device(s), e.g. 0 or 0,1, or cpu")
-    p.add_argument("--project", default="runs/train", help="folder of the runs: PROJECT/NAME/")
-    p.add_argument("--name", default=name,
-                   help="run folder under --project (NAME2, NAME3, ... when taken)")
-    p.add_argument("--exist-ok", action="store_true", help="reuse runs/train/NAME instead of NAME2")
-    p.add_argument("--noautoanchor", action="store_true", help="keep the anchors of the model config")
-    p.add_argument("--save-period", type=int, default=-1, help="also save epochN.pt every N epochs")
-    p.add_argument("--patience", type=int, default=100, help="epochs without improvement; 0 = never stop")
-    p.add_argument("--cos-lr", action="store_true", help="cosine learning-rate decay (else linear)")
-    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP")
-    p.add_argument("--resume", nargs="?", const="auto", default="",
-                   help="resume from a last.pt (no value: the latest run's last.pt)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="random seed of initialisation, sampling and augmentation")
-    p.add_argument("--amp", default="auto", choices=list(MODES) + ["off"],
-                   help="precision (utils.precision): auto = fp16 on CUDA, bf16 + channels_last on a "
-                        "CPU with native bf16, else fp32; off = fp32")
-    p.add_argument("--val-period", type=int, default=1, help="validate every N epochs")
-    p.add_argument("--cache-images", action="store_true", help="keep decoded images in RAM")
-    p.add_argument("--local-rank", "--local_rank", type=int, default=-1, help=argparse.SUPPRESS)
+    for f in flags:
+        default = defaults.get(f.name, f.default)
+        settings = {"default": default} if default is not MISSING else {"required": True}
+        if isinstance(default, bool):
+            settings["action"] = "store_true"
+        elif "const" not in f.metadata["argparse"]:
+            settings["type"] = type(default) if default is not MISSING else str
+        p.add_argument("--" + f.name.replace("_", "-"), *f.metadata["aliases"],
+                       help=f.metadata["help"], **settings, **f.metadata["argparse"])
     return p
 
 
 def latest_last_pt(project: str = "runs/train") -> str:
     """The most recently written runs/train/*/weights/last.pt (for a bare ``--resume``)."""
-    from pathlib import Path
     found = sorted(Path(project).glob("*/weights/last.pt"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise FileNotFoundError(f"--resume: no {project}/*/weights/last.pt to resume from")
@@ -68,26 +58,27 @@ def latest_last_pt(project: str = "runs/train") -> str:
 
 
 def options_from_args(args: argparse.Namespace) -> TrainOptions:
-    """Parsed flags -> TrainOptions (a bare --resume picks the latest last.pt)."""
-    values = {k: v for k, v in vars(args).items() if k in TrainOptions.__dataclass_fields__}
-    if values.get("resume") == "auto":
-        values["resume"] = latest_last_pt(values.get("project", "runs/train"))
+    """Flags parsed by :func:`training_parser` -> TrainOptions (every flag is an option; a bare
+    --resume picks the latest last.pt)."""
+    values = vars(args)
+    if values["resume"] == "auto":
+        values = {**values, "resume": latest_last_pt(values["project"])}
     return TrainOptions(**values)
-
-
-# The repository root: default routing YAML and ckpts/ resolve against it, whatever the cwd.
-REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
 def add_prediction_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Flags of predict.py and evaluate.py: checkpoint/routing, detection overrides, device."""
     p.add_argument("--ckpt", default=None, help="one checkpoint for every image (skips routing)")
-    p.add_argument("--routing", default=str(REPO_ROOT / "data" / "routing.yaml"),
+    p.add_argument("--routing", default=str(DEFAULT_ROUTING),
                    help="branch routing YAML (model_dict, per-modality settings, Omnipose rule)")
     p.add_argument("--device", default="", help="cuda device, e.g. 0, or cpu")
-    p.add_argument("--conf-thres", type=float, default=None, help="override the per-modality value")
-    p.add_argument("--iou-thres", type=float, default=None, help="override the per-modality NMS IoU")
-    p.add_argument("--max-det", type=int, default=None, help="override the per-modality cap")
+    p.add_argument("--conf-thres", type=float, default=None,
+                   help="override the per-modality value (AWF branches; refused for an Omnipose "
+                        "--ckpt: it has no detection step)")
+    p.add_argument("--iou-thres", type=float, default=None,
+                   help="override the per-modality NMS IoU (AWF branches)")
+    p.add_argument("--max-det", type=int, default=None,
+                   help="override the per-modality cap (AWF branches)")
     p.add_argument("--scale", type=float, default=1.0, help="resize factor before the network")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     p.add_argument("--amp", default="auto", choices=MODES,
@@ -99,8 +90,8 @@ def add_prediction_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def router_from_args(args, device):
     """The Router the prediction flags describe (checkpoints resolve against the repo root).
 
-    Raises FileNotFoundError (one line) when no checkpoint can run."""
-    from utils.routing import Overrides, Router, load_routing
+    Raises FileNotFoundError (one line) when no checkpoint can run, ValueError for a flag the
+    checkpoint cannot honour."""
     cfg = load_routing(args.routing)
     overrides = Overrides(args.conf_thres, args.iou_thres, args.max_det, args.tta, args.scale)
     router = Router(cfg, device, overrides, ckpt=args.ckpt, amp=args.amp, base_dir=REPO_ROOT)
@@ -109,9 +100,9 @@ def router_from_args(args, device):
 
 
 def train_cli(task_cls, description: str, argv=None, **defaults) -> None:
-    """The whole of a training script: parse the YOLOv5-style flags (``defaults`` as for
+    """The whole of a training script: parse the flags (``defaults`` as for
     :func:`training_parser`), set up logging, train ``task_cls`` on the engine."""
-    from utils.engine import TrainingDiverged, run_training
+    from utils.engine import TrainingDiverged, run_training  # the training stack, only here
     from utils.errors import exit_on_error
     args = training_parser(description, **defaults).parse_args(argv)
     setup_logging()

@@ -13,6 +13,8 @@ from pathlib import Path
 import yaml
 
 T = typing.TypeVar("T")
+# The repository root: the shipped configuration (data/) and ckpts/ resolve against it, whatever the cwd.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class ConfigError(ValueError):

@@ -17,13 +17,13 @@ from pathlib import Path
 
 from utils import io as uio
 from utils.config import DataConfig
+from utils.modality import MODALITIES
 from utils.modality_cache import classify_samples
 from utils.sampling import source_of
 
 LOGGER = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "unlabeled", "pseudo")
-MODALITIES = ("bf", "fl", "gs")
 META_FILE = "meta.csv"                # name,modality[,...] per image, in a dataset folder or root
 CONFIDENCE_FILE = "confidence.csv"    # name,confidence per image, in a pseudo-label folder
 CONFIDENCE_GLOB = "confidence*.csv"   # in labels/: predict.py's file (confidence_rankN.csv per rank)

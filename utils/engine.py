@@ -29,11 +29,13 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from models.awf import MAX_STRIDE  # multi-scale sizes are multiples of it
 from utils import dist as du
 from utils.checkpoint import load_checkpoint, save_checkpoint_atomic
 from utils.config import Hyp, from_dict, load_config, to_dict
 from utils.dataset import build_dataloader
 from utils.io import atomic_write, remove_stale_temporaries
+from utils.options import TrainOptions
 from utils.plots import plot_results
 from utils.precision import log_precision, resolve_precision
 
@@ -44,8 +46,6 @@ MIN_WARMUP_ITERS = 100
 # ... but never more than this fraction of all steps. YOLOv5 has no cap: with 300 epochs it never
 # matters, but a weakly-stage run of 6 epochs x 4 batches stayed in warm-up (lr ~1e-5) throughout.
 WARMUP_MAX_FRACTION = 0.3
-# Multi-scale sizes are multiples of the network's largest stride.
-GRID = 32
 # Seconds between progress-bar lines when stderr is a file, not a terminal (keeps nohup logs readable).
 LOG_BAR_INTERVAL = 60.0
 
@@ -61,35 +61,6 @@ def warmup_iters(warmup_epochs: float, nb: int, epochs: int) -> int:
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left untouched."""
-
-
-@dataclass
-class TrainOptions:
-    """Command-line options of the training scripts (YOLOv5's names)."""
-
-    data: str
-    hyp: str
-    weights: str = ""
-    cfg: str = ""              # model YAML (models/*.yaml); "" = the weights' architecture or defaults
-    img: int = 640
-    batch: int = 16            # total batch, split across ranks
-    epochs: int = 100
-    workers: int = 8
-    device: str = ""
-    name: str = "exp"
-    project: str = "runs/train"
-    exist_ok: bool = False
-    noautoanchor: bool = False
-    save_period: int = -1
-    patience: int = 100        # 0 = never stop early
-    cos_lr: bool = False
-    sync_bn: bool = False
-    resume: str = ""           # path of last.pt ("" = fresh run)
-    seed: int = 0
-    amp: str = "auto"          # utils.precision: auto, fp32, bf16, fp16 ("off" = fp32)
-    val_period: int = 1
-    cache_images: bool = False
-    save_dir: str = ""         # set by the engine
 
 
 class Task(ABC):
@@ -122,8 +93,9 @@ class Task(ABC):
     def model_config(self, model: nn.Module) -> dict:
         return getattr(model, "config_dict", lambda: {})()
 
-    def batch_size_keys(self) -> tuple[str, ...]:
-        """Batch entries resized with the images by multi-scale training (bilinear maps)."""
+    def bilinear_map_keys(self) -> tuple[str, ...]:
+        """The batch's continuous maps, resized bilinearly with the images by multi-scale
+        training (every other same-size map, e.g. a label map or mask, by nearest neighbour)."""
         return ()
 
     def rescale_targets(self, batch: dict, s: float) -> dict:
@@ -237,11 +209,11 @@ def rng_state() -> dict:
     return state
 
 
-def resize_batch(batch: dict, size: int, map_keys: tuple[str, ...]) -> dict:
+def resize_batch(batch: dict, size: int, bilinear_keys: tuple[str, ...]) -> dict:
     """Multi-scale training: resize a square batch to ``size`` pixels.
 
-    Images and the task's continuous maps (``map_keys``) are resized bilinearly, label maps and
-    masks with nearest neighbour, and target boxes are scaled.
+    Images and the task's continuous maps (``bilinear_keys``) are resized bilinearly, label maps
+    and masks with nearest neighbour, and target boxes are scaled.
     """
     old = batch["img"].shape[-1]
     if size == old:
@@ -252,7 +224,7 @@ def resize_batch(batch: dict, size: int, map_keys: tuple[str, ...]) -> dict:
     for key, value in batch.items():
         if key == "img" or not torch.is_tensor(value) or value.dim() not in (3, 4) or value.shape[-1] != old:
             continue
-        mode = "bilinear" if key in map_keys else "nearest"
+        mode = "bilinear" if key in bilinear_keys else "nearest"
         x = value[:, None] if value.dim() == 3 else value  # (B, H, W) maps and (B, C, H, W) stacks
         resized = F.interpolate(x.float(), size=(size, size), mode=mode,
                                 **({"align_corners": False} if mode == "bilinear" else {}))
@@ -373,11 +345,11 @@ class Trainer:
             return batch
         m = self.hyp.multiscale
         lo, hi = self.opt.img * (1 - m), self.opt.img * (1 + m)
-        size = max(GRID, int(random.uniform(lo, hi) // GRID * GRID))
+        size = max(MAX_STRIDE, int(random.uniform(lo, hi) // MAX_STRIDE * MAX_STRIDE))
         old = batch["img"].shape[-1]
         if size == old:
             return batch
-        return self.task.rescale_targets(resize_batch(batch, size, self.task.batch_size_keys()), size / old)
+        return self.task.rescale_targets(resize_batch(batch, size, self.task.bilinear_map_keys()), size / old)
 
     def _to_device(self, batch: dict) -> dict:
         nb = self.device.type == "cuda"

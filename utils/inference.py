@@ -1,35 +1,46 @@
-"""The one AWF prediction pipeline: network image in, instance label map out.
+"""The one prediction pipeline of both branches: network image in, :class:`Segmentation` out.
 
-predict.py, evaluate.py and validation during training all call :class:`AWFSegmenter`, so the
-numbers of the three agree. Images up to ``max_full_size`` a side run in one forward pass at
-native resolution; larger ones are cut into chunks (no cell cut at a seam, see utils/tiling.py)
-whose network maps come from Gaussian-weighted sliding windows with a global NMS over windows.
+predict.py, evaluate.py and validation during training all call :class:`AWFSegmenter` (and
+:class:`OmniposeSegmenter`), so the numbers of the three agree. :meth:`Segmenter.segment` resizes
+by ``params.scale``, runs images up to ``max_full_size`` a side as one region at native
+resolution and cuts larger ones into chunks (no cell cut at a seam, see utils/tiling.py), then
+maps the label back to the input resolution. An AWF region's network maps come from
+Gaussian-weighted sliding windows with a global NMS over windows.
 """
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.flows import reconstruct_masks
+from models.awf import MAX_STRIDE
+from utils.flows import FLOW_THRESHOLD, MIN_SIZE, reconstruct_masks
 from utils.nms import merge_detections, non_max_suppression
 from utils.precision import Precision, resolve_precision
-from utils.tiling import WindowAccumulator, gaussian_weight, segment_chunked, window_grid
+from utils.tiling import (DEFAULT_CHUNK, DEFAULT_MARGIN, DEFAULT_OVERLAP, DEFAULT_WINDOW,
+                          WindowAccumulator, gaussian_weight, segment_chunked_parts, window_grid)
 from utils.watershed import PostprocessParams, postprocess
+
+if TYPE_CHECKING:  # utils.routing imports this module
+    from utils.routing import BranchSettings
 
 LOGGER = logging.getLogger(__name__)
 
-# Network inputs are padded to a multiple of the largest stride.
-STRIDE = 32
+# Images up to this many pixels a side run whole (2048^2 fits in ~3 GB on CPU); larger ones in chunks.
+MAX_FULL_SIZE = 2048
 # Foreground confidence is averaged over pixels above this probability (the original framework's rule).
 FG_CONF_THRESHOLD = 0.5
 # median_diameter counts areas over row blocks of about this many pixels (a whole-slide label as
 # one int64 copy would cost 8 bytes a pixel; this project's choice)
 DIAMETER_BLOCK_PIXELS = 1 << 22
+# Flip test-time augmentation: identity, left-right, up-down (dims of a (B, C, H, W) tensor).
+TTA_FLIPS = ((), (-1,), (-2,))
 
 
 def median_diameter(label: np.ndarray) -> float:
@@ -44,32 +55,103 @@ def median_diameter(label: np.ndarray) -> float:
     return float(np.sqrt(4.0 * np.median(area) / np.pi)) if area.size else 0.0
 
 
-@dataclass
-class InferenceParams:
-    """Detection and tiling settings of one branch (per-modality defaults live in the routing YAML)."""
+@dataclass(eq=False)
+class Segmentation:
+    """One image segmented (:meth:`Segmenter.segment`, ``utils.routing.Router.segment``)."""
 
-    conf_thres: float = 0.25      # the original framework's fl value; bf 0.10, gs 0.20
-    iou_thres: float = 0.35       # the original framework's fl value; bf/gs 0.25
-    max_det: int = 3000           # DSB images hold up to ~400 nuclei; whole-slide chunks far more
-    scale: float = 1.0            # resize factor before the network (1 = native resolution)
-    max_full_size: int = 2048     # larger images are chunked (2048^2 fits in ~3 GB on CPU)
-    window: int = 640             # sliding window (the original framework: 640)
-    overlap: float = 0.125        # window overlap fraction (the original framework: 0.125)
-    chunk: int = 2048             # core size of a whole-slide chunk
-    margin: int = 256             # chunk margin: cells up to ~2*margin px across are never cut
-    tta: bool = False             # flip test-time augmentation
+    label: np.ndarray         # (H, W) int32 (uint32 when chunked) instance ids, 0 = background
+    modality: str = ""        # bf / fl / gs: set by the Router ("" from a bare segmenter)
+    branch: str = ""          # the checkpoint's stem: set by the Router
+    fg_conf: float = 0.0      # mean foreground probability over pixels above 0.5 (Omnipose:
+    #                           sigmoid of the distance): the Omnipose rule's input and the
+    #                           pseudo-label confidence
+    det_conf: float = 0.0     # AWF: mean score of the detections kept (Omnipose: 0)
+    n_det: int = 0            # AWF: detections kept after NMS (Omnipose: 0)
+    n_cells: int = 0          # instances in ``label``
+    diameter: float = 0.0     # median cell diameter, pixels (:func:`median_diameter`)
+    fg: np.ndarray | None = None  # AWF: (H, W) float32 foreground probability at the input
+    #                               resolution (pseudo-label ignore masks); None for Omnipose and
+    #                               for an image segmented in chunks (too large to hold it)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: "network" (forward
+    #                               passes and NMS) and "postprocess" (instances), summed over
+    #                               chunks and over both branches when the Omnipose rule runs
+    #                               both; "modality" (the classifier, Router)
+
+
+@dataclass(frozen=True, eq=False)
+class RegionStats:
+    """What one region (a whole image or one chunk) adds to its image's :class:`Segmentation`:
+    sums, so that chunks add up (``a + b``)."""
+
+    fg_sum: float = 0.0          # foreground probability summed over pixels above 0.5
+    fg_count: int = 0            # those pixels
+    det_score_sum: float = 0.0   # AWF: detection scores summed
+    n_det: int = 0               # AWF: detections kept
+    network_s: float = 0.0       # seconds in the network (and NMS)
+    postprocess_s: float = 0.0   # seconds turning maps into instances
+    fg: np.ndarray | None = None  # AWF: the region's (h, w) foreground map (dropped by ``+``)
+
+    def __add__(self, other: RegionStats) -> RegionStats:
+        return RegionStats(self.fg_sum + other.fg_sum, self.fg_count + other.fg_count,
+                           self.det_score_sum + other.det_score_sum, self.n_det + other.n_det,
+                           self.network_s + other.network_s,
+                           self.postprocess_s + other.postprocess_s)
+
+
+def confident_sum(prob: np.ndarray) -> tuple[float, int]:
+    """``(sum, count)`` of a probability map ``(H, W)`` over its pixels above FG_CONF_THRESHOLD."""
+    sel = prob[prob > FG_CONF_THRESHOLD]
+    return float(sel.sum()), int(sel.size)
+
+
+@dataclass(kw_only=True)
+class RunParams:
+    """A segmenter's resize, flip TTA and chunking (the command line's --scale and --tta)."""
+
+    scale: float = 1.0                  # resize factor before the network (1 = native resolution)
+    tta: bool = False                   # flip test-time augmentation (TTA_FLIPS)
+    max_full_size: int = MAX_FULL_SIZE  # larger images (after scaling) are chunked
+    chunk: int = DEFAULT_CHUNK          # core size of a whole-slide chunk, pixels
+    margin: int = DEFAULT_MARGIN        # chunk margin: cells up to ~2*margin px across are never cut
+
+
+@dataclass(kw_only=True)
+class InferenceParams(RunParams):
+    """Settings of one AWF branch's run: its detection settings (``detection``, a
+    :class:`utils.routing.BranchSettings`, from data/routing.yaml: ``RoutingConfig.inference_params``)
+    and the run's resize, TTA, sliding windows and post-processing."""
+
+    detection: BranchSettings
+    window: int = DEFAULT_WINDOW        # sliding window, pixels (utils.tiling)
+    overlap: float = DEFAULT_OVERLAP    # window overlap fraction
     post: PostprocessParams = field(default_factory=PostprocessParams)
 
 
-def pad_to_stride(x: torch.Tensor, stride: int = STRIDE) -> tuple[torch.Tensor, tuple[int, int]]:
+@dataclass(kw_only=True)
+class OmniposeParams(RunParams):
+    """Omnipose reconstruction settings (utils.flows defaults, validated on ground-truth flows)."""
+
+    flow_threshold: float = FLOW_THRESHOLD
+    min_size: int = MIN_SIZE            # pixels
+
+
+def pad_to_stride(x: torch.Tensor, stride: int = MAX_STRIDE) -> tuple[torch.Tensor, tuple[int, int]]:
     """Zero-pad ``(B, C, H, W)`` at the bottom/right to multiples of ``stride``; returns (padded, (H, W))."""
     h, w = x.shape[-2:]
     ph, pw = (-h) % stride, (-w) % stride
     return (F.pad(x, (0, pw, 0, ph)) if ph or pw else x), (h, w)
 
 
+def _resize_label(label: np.ndarray, h: int, w: int, scale: float) -> np.ndarray:
+    """A label of an image resized by ``scale`` -> ``(h, w)`` by nearest neighbour (ids kept)."""
+    yi = np.minimum((np.arange(h) * scale).astype(np.int64), label.shape[0] - 1)
+    xi = np.minimum((np.arange(w) * scale).astype(np.int64), label.shape[1] - 1)
+    return label[np.ix_(yi, xi)]
+
+
 class Segmenter:
-    """A model in eval mode on a device; ``segment(image) -> (label, info)`` in subclasses."""
+    """A model in eval mode on a device; ``segment(image) -> Segmentation``. Subclasses supply
+    ``_segment_region(image) -> (label, RegionStats)`` and ``default_params``."""
 
     default_params = None
 
@@ -79,7 +161,10 @@ class Segmenter:
         # utils.precision: autocast dtype and memory format (default fp32, contiguous)
         self.precision = precision or resolve_precision("fp32", self.device)
         self.model = self.precision.model(model.eval().to(self.device))
-        self.params = params or self.default_params()
+        if params is None and self.default_params is None:
+            raise TypeError(f"{type(self).__name__} needs its params (the detection settings of "
+                            "data/routing.yaml: RoutingConfig.inference_params)")
+        self.params = params if params is not None else self.default_params()
 
     def _autocast(self):
         return self.precision.autocast()
@@ -88,11 +173,42 @@ class Segmenter:
         """Network image ``(H, W, 3) uint8`` -> ``(1, 3, H, W)`` float in [0, 1] on the device."""
         return torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float() / 255.0
 
+    def _segment_region(self, image: np.ndarray) -> tuple[np.ndarray, RegionStats]:
+        raise NotImplementedError
+
+    def segment(self, image: np.ndarray) -> Segmentation:
+        """Network image ``(H, W, 3) uint8`` -> :class:`Segmentation` (label ``(H, W)``).
+
+        The image is resized by ``params.scale``, segmented whole up to ``max_full_size`` a side
+        (else in chunks: :func:`utils.tiling.segment_chunked_parts`), and the label (and the fg
+        map of a whole image) mapped back to ``(H, W)``."""
+        p = self.params
+        h, w = image.shape[:2]
+        if p.scale != 1.0:
+            size = (max(1, round(w * p.scale)), max(1, round(h * p.scale)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+        if max(image.shape[:2]) <= p.max_full_size:
+            label, stats = self._segment_region(image)
+        else:
+            label, parts = segment_chunked_parts(image, self._segment_region, chunk=p.chunk,
+                                                 margin=p.margin, progress=True)
+            stats = sum(parts, RegionStats())  # no whole-image fg map
+        fg = stats.fg
+        if fg is not None and fg.shape != (h, w):
+            fg = cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR)
+        if p.scale != 1.0:
+            label = _resize_label(label, h, w, p.scale)
+        return Segmentation(label=label, fg_conf=stats.fg_sum / max(stats.fg_count, 1),
+                            det_conf=stats.det_score_sum / max(stats.n_det, 1),
+                            n_det=stats.n_det, n_cells=int(label.max(initial=0)),
+                            diameter=median_diameter(label), fg=fg,
+                            timings={"network": stats.network_s,
+                                     "postprocess": stats.postprocess_s})
+
 
 class AWFSegmenter(Segmenter):
-    """Runs an AWF model on network images ``(H, W, 3) uint8`` and returns instance labels."""
-
-    default_params = InferenceParams
+    """Runs an AWF model on network images ``(H, W, 3) uint8`` and returns instance labels;
+    ``params``: :class:`InferenceParams` (required: they hold the branch's detection settings)."""
 
     # ------------------------------------------------------------------ network
     @torch.no_grad()
@@ -113,7 +229,7 @@ class AWFSegmenter(Segmenter):
             return self._forward(x)
         w, h = x.shape[-1], x.shape[-2]
         preds, fgs, hts = [], [], []
-        for dims in ((), (-1,), (-2,)):
+        for dims in TTA_FLIPS:
             xf = torch.flip(x, dims) if dims else x
             pred, fg, ht = self._forward(xf)
             if dims == (-1,):
@@ -137,119 +253,81 @@ class AWFSegmenter(Segmenter):
         One forward pass when the image fits ``window``-free limits, else Gaussian-weighted
         sliding windows whose detections are merged by one NMS over the whole image.
         """
-        p = self.params
+        p, d = self.params, self.params.detection
         h, w = image.shape[:2]
         if max(h, w) <= p.max_full_size:
             pred, fg, height = self.raw_outputs(image)
-            det = non_max_suppression(pred, p.conf_thres, p.iou_thres, p.max_det)[0]
+            det = non_max_suppression(pred, d.conf_thres, d.iou_thres, d.max_det)[0]
             return det.cpu().numpy(), fg, height
         acc = WindowAccumulator((2, h, w))
         weight = gaussian_weight(p.window)
         dets = []
         for y0, x0, y1, x1 in window_grid(h, w, p.window, p.overlap):
             pred, fg, height = self._forward_tta(self._to_tensor(image[y0:y1, x0:x1]))
-            det = non_max_suppression(pred, p.conf_thres, p.iou_thres, p.max_det)[0]
+            det = non_max_suppression(pred, d.conf_thres, d.iou_thres, d.max_det)[0]
             det[:, [0, 2]] += x0
             det[:, [1, 3]] += y0
             dets.append(det)
             acc.add(torch.cat([fg, height]).cpu().numpy(), y0, x0, weight[: y1 - y0, : x1 - x0])
-        det = merge_detections(dets, p.iou_thres)  # one global NMS over windows, no cap
+        det = merge_detections(dets, d.iou_thres)  # one global NMS over windows, no cap
         maps = acc.result()
         return det.cpu().numpy(), maps[0], maps[1]
 
     # ------------------------------------------------------------------ instances
-    def _segment_region(self, image: np.ndarray, stats: dict) -> np.ndarray:
+    def _segment_region(self, image: np.ndarray) -> tuple[np.ndarray, RegionStats]:
+        t0 = time.perf_counter()
         det, fg, height = self.predict_maps(image)
-        stats["fg"] = fg  # kept for info["fg"] when the image is one region (not chunked)
-        sel = fg[fg > FG_CONF_THRESHOLD]
-        stats["fg_sum"] += float(sel.sum())
-        stats["fg_count"] += int(sel.size)
-        stats["det_score_sum"] += float(det[:, 4].sum())
-        stats["n_det"] += len(det)
-        return postprocess(det[:, :4], det[:, 4], fg, height, self.params.post)
-
-    def segment(self, image: np.ndarray) -> tuple[np.ndarray, dict]:
-        """Network image ``(H, W, 3) uint8`` -> (instance label ``(H, W)`` int32 or uint32, info).
-
-        ``info``: ``fg_conf`` mean foreground probability over pixels above 0.5 (the Omnipose
-        routing rule's input and the pseudo-label confidence), ``det_conf`` mean detection score,
-        ``n_det`` detections kept, ``n_cells`` instances, ``diameter`` the median cell diameter
-        (pixels, :func:`median_diameter`), ``fg`` the foreground probability
-        ``(H, W) float32`` at the input resolution (pseudo-label ignore masks), or None when the
-        image was segmented in chunks (larger than ``max_full_size`` after scaling: a whole-slide
-        map would not fit in memory).
-        """
-        p = self.params
-        h, w = image.shape[:2]
-        stats = {"fg_sum": 0.0, "fg_count": 0, "det_score_sum": 0.0, "n_det": 0}
-        if p.scale != 1.0:
-            size = (max(1, round(w * p.scale)), max(1, round(h * p.scale)))
-            image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
-        chunked = max(image.shape[:2]) > p.max_full_size
-        if not chunked:
-            label = self._segment_region(image, stats)
-        else:
-            label = segment_chunked(image, lambda im: self._segment_region(im, stats),
-                                    chunk=p.chunk, margin=p.margin, progress=True)
-        fg = None if chunked else stats["fg"]
-        if fg is not None and fg.shape != (h, w):
-            fg = cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR)
-        if p.scale != 1.0:
-            yi = np.minimum((np.arange(h) * p.scale).astype(np.int64), label.shape[0] - 1)
-            xi = np.minimum((np.arange(w) * p.scale).astype(np.int64), label.shape[1] - 1)
-            label = label[np.ix_(yi, xi)]
-        info = {"fg_conf": stats["fg_sum"] / max(stats["fg_count"], 1),
-                "det_conf": stats["det_score_sum"] / max(stats["n_det"], 1),
-                "n_det": stats["n_det"], "n_cells": int(label.max(initial=0)),
-                "diameter": median_diameter(label), "fg": fg}
-        return label, info
-
-
-@dataclass
-class OmniposeParams:
-    """Omnipose reconstruction settings (utils.flows defaults, validated on ground-truth flows)."""
-
-    flow_threshold: float = 0.4      # utils.flows.FLOW_THRESHOLD
-    min_size: int = 15               # utils.flows.MIN_SIZE
-    max_full_size: int = 2048        # larger images are chunked as for the AWF
-    chunk: int = 2048
-    margin: int = 256
+        t1 = time.perf_counter()
+        fg_sum, fg_count = confident_sum(fg)
+        label = postprocess(det[:, :4], det[:, 4], fg, height, self.params.post)
+        return label, RegionStats(fg_sum, fg_count, float(det[:, 4].sum()), len(det), t1 - t0,
+                                  time.perf_counter() - t1, fg)
 
 
 class OmniposeSegmenter(Segmenter):
     """Runs an Omnipose model on network images ``(H, W, 3) uint8`` -> instance labels.
 
-    ``info['fg_conf']``: mean of sigmoid(distance) over pixels above 0.5, the Omnipose side of
-    the routing rule (the distance output is about -5 on background and grows inside cells).
+    ``fg_conf``: mean of sigmoid(distance) over pixels above 0.5, the Omnipose side of the
+    routing rule (the distance output is about -5 on background and grows inside cells).
     """
 
     default_params = OmniposeParams
 
     @torch.no_grad()
-    def predict_maps(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Network image -> (flow (2, H, W) dy/dx, dist (H, W) pixels)."""
-        x, (h, w) = pad_to_stride(self._to_tensor(image))
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x (1, 3, H, W)`` in [0, 1] -> (flow (1, 2, H, W) dy/dx, dist (1, 1, H, W) pixels)."""
+        x, (h, w) = pad_to_stride(x)
         with self._autocast():
             out = self.model(self.precision.input(x))
-        return out["flow"][0, :, :h, :w].float().cpu().numpy(), out["dist"][0, 0, :h, :w].float().cpu().numpy()
+        return out["flow"][:, :, :h, :w].float(), out["dist"][:, :, :h, :w].float()
 
-    def _segment_region(self, image: np.ndarray, stats: dict) -> np.ndarray:
-        flow, dist = self.predict_maps(image)
-        prob = 1.0 / (1.0 + np.exp(-dist))
-        sel = prob[prob > FG_CONF_THRESHOLD]
-        stats["fg_sum"] += float(sel.sum())
-        stats["fg_count"] += int(sel.size)
-        p = self.params
-        return reconstruct_masks(flow, dist, min_size=p.min_size, flow_threshold=p.flow_threshold,
-                                 device=self.device)
-
-    def segment(self, image: np.ndarray) -> tuple[np.ndarray, dict]:
-        """Network image -> (label (H, W), info with fg_conf, n_cells and diameter)."""
-        p, stats = self.params, {"fg_sum": 0.0, "fg_count": 0}
-        if max(image.shape[:2]) <= p.max_full_size:
-            label = self._segment_region(image, stats)
+    @torch.no_grad()
+    def predict_maps(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Network image -> (flow (2, H, W) dy/dx, dist (H, W) pixels). With ``params.tta`` the
+        mean over the flips of TTA_FLIPS, each flipped back (the flow component along a flipped
+        axis changes sign)."""
+        x = self._to_tensor(image)
+        if not self.params.tta:
+            flow, dist = self._forward(x)
         else:
-            label = segment_chunked(image, lambda im: self._segment_region(im, stats),
-                                    chunk=p.chunk, margin=p.margin, progress=True)
-        return label, {"fg_conf": stats["fg_sum"] / max(stats["fg_count"], 1),
-                       "n_cells": int(label.max(initial=0)), "diameter": median_diameter(label)}
+            flows, dists = [], []
+            for dims in TTA_FLIPS:
+                flow, dist = self._forward(torch.flip(x, dims) if dims else x)
+                if dims:
+                    flow, dist = torch.flip(flow, dims), torch.flip(dist, dims)
+                    flow[:, 1 if dims == (-1,) else 0] *= -1  # dx under left-right, dy under up-down
+                flows.append(flow)
+                dists.append(dist)
+            flow, dist = torch.stack(flows).mean(0), torch.stack(dists).mean(0)
+        return flow[0].cpu().numpy(), dist[0, 0].cpu().numpy()
+
+    def _segment_region(self, image: np.ndarray) -> tuple[np.ndarray, RegionStats]:
+        t0 = time.perf_counter()
+        flow, dist = self.predict_maps(image)
+        t1 = time.perf_counter()
+        fg_sum, fg_count = confident_sum(1.0 / (1.0 + np.exp(-dist)))
+        p = self.params
+        label = reconstruct_masks(flow, dist, min_size=p.min_size, flow_threshold=p.flow_threshold,
+                                  device=self.device)
+        return label, RegionStats(fg_sum, fg_count, network_s=t1 - t0,
+                                  postprocess_s=time.perf_counter() - t1)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -104,9 +104,6 @@ class MatchResult:
             "dice": float(np.round(self.dice, DECIMALS)),
             "F1": float(np.round(self.f1, DECIMALS)),
         }
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # ----------------------------------------------------------------------------------------------

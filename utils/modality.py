@@ -27,7 +27,8 @@ import numpy as np
 
 from utils.io import list_images, read_image
 
-MODALITY_CLASSES = ("bf", "fl", "gs")
+# The modality tags, the keys of data/routing.yaml's per-modality sections and meta.csv's values.
+MODALITIES = ("bf", "fl", "gs")
 
 # Grid subsample size: percentiles of 65,536 grid points match the full image's to a fraction of
 # a grey level on dsb2018/usiigaci, and keep classify_modality around a millisecond at 1024x1024.
@@ -127,7 +128,7 @@ def modality_agreement(root):
                                 f"e.g. {missing[0]}")
     truth = meta["modality"].astype(str).tolist()
     pred = [classify_modality(read_image(paths[n])) for n in meta["name"].astype(str)]
-    labels = list(MODALITY_CLASSES) + sorted(set(truth) - set(MODALITY_CLASSES))
+    labels = list(MODALITIES) + sorted(set(truth) - set(MODALITIES))
     confusion = pd.crosstab(pd.Categorical(truth, categories=labels),
                             pd.Categorical(pred, categories=labels),
                             rownames=["true"], colnames=["predicted"], dropna=False)

@@ -1,4 +1,4 @@
-"""Box format helpers and single-class non-maximum suppression (torchvision NMS).
+"""xywh -> xyxy boxes and single-class non-maximum suppression (torchvision NMS).
 
 Decoding the raw YOLO head into boxes is the model's job (``models/awf.py``); this module starts
 from decoded predictions ``(B, N, 5)`` = ``[cx, cy, w, h, score]`` in input pixels, with the
@@ -35,33 +35,6 @@ def xywh2xyxy(x):
     y[..., 2] = x[..., 0] + x[..., 2] / 2
     y[..., 3] = x[..., 1] + x[..., 3] / 2
     return y
-
-
-def xyxy2xywh(x):
-    """``(..., 4)`` [x1, y1, x2, y2] -> [cx, cy, w, h] (same units); tensor or ndarray, new object."""
-    y = _float_copy(x)
-    y[..., 0] = (x[..., 0] + x[..., 2]) / 2
-    y[..., 1] = (x[..., 1] + x[..., 3]) / 2
-    y[..., 2] = x[..., 2] - x[..., 0]
-    y[..., 3] = x[..., 3] - x[..., 1]
-    return y
-
-
-def clip_boxes(boxes, shape):
-    """Clip ``(..., 4)`` xyxy boxes (pixels) to an image of ``shape`` = (H, W, ...); returns a copy.
-
-    x is clipped to [0, W] and y to [0, H]: x2/y2 are exclusive, so W and H are valid values.
-    """
-    h, w = int(shape[0]), int(shape[1])
-    if isinstance(boxes, torch.Tensor):
-        out = boxes.clone()
-        out[..., 0::2] = out[..., 0::2].clamp(0, w)
-        out[..., 1::2] = out[..., 1::2].clamp(0, h)
-        return out
-    out = np.array(boxes, copy=True)
-    out[..., 0::2] = np.clip(out[..., 0::2], 0, w)
-    out[..., 1::2] = np.clip(out[..., 1::2], 0, h)
-    return out
 
 
 def _nms_one(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float, max_det: int,

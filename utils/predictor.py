@@ -2,7 +2,8 @@
 
     from utils.predictor import Predictor
     predictor = Predictor.from_config()                  # predict.py's defaults
-    label, info = predictor.segment("cell_00001.png")    # a path, or an array (H, W[, C])
+    result = predictor.segment("cell_00001.png")         # a path, or an array (H, W[, C])
+    result.label, result.n_cells, result.modality        # a utils.inference.Segmentation
 
 :meth:`Predictor.from_config` takes predict.py's prediction flags by name (``ckpt``,
 ``routing``, ``device``, ``conf_thres``, ``iou_thres``, ``max_det``, ``scale``, ``tta``,
@@ -18,10 +19,10 @@ import argparse
 import logging
 import os
 
-import numpy as np
-
-from utils.cli import REPO_ROOT, add_prediction_args, router_from_args
+from utils.cli import add_prediction_args, router_from_args
+from utils.config import REPO_ROOT
 from utils.dist import select_device
+from utils.inference import Segmentation
 from utils.io import as_image, normalize_image, read_image
 
 LOGGER = logging.getLogger(__name__)
@@ -53,12 +54,11 @@ class Predictor:
         args = argparse.Namespace(**values)
         return cls(router_from_args(args, select_device(args.device)))
 
-    def segment(self, image) -> tuple[np.ndarray, dict]:
+    def segment(self, image) -> Segmentation:
         """A path (any format predict.py reads) or a raw array ``(H, W)``, ``(H, W, C)`` or
-        ``(C, H, W)``, C <= 4, any dtype -> (instance label ``(H, W)``, 0 = background, info).
-
-        ``info``: ``modality`` (bf / fl / gs), ``branch`` (the checkpoint's name), ``n_cells``,
-        ``fg_conf``, ``diameter`` and the branch's other values (see utils/inference.py)."""
+        ``(C, H, W)``, C <= 4, any dtype -> its :class:`utils.inference.Segmentation`: ``label``
+        ``(H, W)`` (0 = background), ``modality`` (bf / fl / gs), ``branch`` (the checkpoint's
+        name), ``n_cells``, ``fg_conf``, ``diameter``, ``timings``..."""
         if isinstance(image, (str, os.PathLike)):
             raw = read_image(image)
         else:

@@ -1,42 +1,52 @@
 """Per-image branch routing: modality -> checkpoint, per-modality detection settings, Omnipose rule.
 
-The routing YAML (data/routing.yaml) replaces the original framework's edits of predict.py:
+data/routing.yaml is the one home of these settings (every key is required, an unknown key is an
+error) and replaces the original framework's edits of predict.py. Its keys, with the shipped
+values (tests/test_predict.py checks this block against the file):
 
     ckpt_dir: ckpts
     model_dict: {bf: general.pt, gs: grayscale.pt, fl: fl.pt, omni: omnipose.pt}
-    general: bf                       # the branch a missing file falls back to
-    postprocess: {bf: {conf_thres: 0.10, iou_thres: 0.25}, ...}
-    omni_rule: {modalities: [gs], awf_conf_below: 0.8, omni_margin: 0.05, diameter_ratio_above: .inf}
+    general: bf
+    postprocess:
+      bf: {conf_thres: 0.25, iou_thres: 0.25}
+      gs: {conf_thres: 0.30, iou_thres: 0.25}
+      fl: {conf_thres: 0.30, iou_thres: 0.30}
+    omni_rule: {enabled: true, modalities: [fl], awf_conf_below: 0.0, omni_margin: 0.0,
+                diameter_ratio_above: 1.025}
 
 Each checkpoint is loaded once per run, on first use.
 """
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass, field, replace
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from models.loading import load_model
-from utils.config import load_config
-from utils.inference import AWFSegmenter, InferenceParams, OmniposeSegmenter
-from utils.modality import classify_modality
+from utils.config import REPO_ROOT, load_config
+from utils.inference import (AWFSegmenter, InferenceParams, OmniposeParams, OmniposeSegmenter,
+                             Segmentation)
+from utils.modality import MODALITIES, classify_modality
 from utils.precision import log_precision, resolve_precision
 
 LOGGER = logging.getLogger(__name__)
-MODALITIES = ("bf", "fl", "gs")
+# The shipped routing configuration: the default of predict.py, evaluate.py, training validation
+# and utils.tune_nms.
+DEFAULT_ROUTING = REPO_ROOT / "data" / "routing.yaml"
 
 
 @dataclass
 class BranchSettings:
-    """Per-modality detection settings (the original framework's tuned values as defaults)."""
+    """Detection settings of one modality's AWF branch: a ``postprocess`` entry of
+    data/routing.yaml (tuned with ``python -m utils.tune_nms``)."""
 
-    conf_thres: float = 0.25
-    iou_thres: float = 0.35
-    max_det: int = 3000
+    conf_thres: float      # lowest detection score kept, 0..1
+    iou_thres: float       # NMS IoU threshold, 0..1
+    max_det: int = 3000    # detections kept per image at most (DSB images hold up to ~400 nuclei)
 
 
 @dataclass
@@ -45,16 +55,22 @@ class OmniRule:
 
     For images of ``modalities`` both branches run; Omnipose wins when the AWF's mean foreground
     confidence is under ``awf_conf_below``, or Omnipose's is higher by more than ``omni_margin``
-    (the original framework's two tests), or Omnipose's median cell diameter is more than
-    ``diameter_ratio_above`` times the AWF's (this project's test: the AWF split cells that
-    Omnipose keeps whole; ``.inf`` = off). Measure a setting with ``benchmarks/omni_rule.py``.
+    (the original framework's two tests, there 0.8 and 0.05 on gs), or Omnipose's median cell
+    diameter is more than ``diameter_ratio_above`` times the AWF's (this project's test: the AWF
+    split cells that Omnipose keeps whole; ``.inf`` = off). Measure a setting with
+    ``benchmarks/omni_rule.py``.
     """
 
-    enabled: bool = True
-    modalities: list[str] = field(default_factory=lambda: ["gs"])
-    awf_conf_below: float = 0.8
-    omni_margin: float = 0.05
-    diameter_ratio_above: float = math.inf
+    enabled: bool
+    modalities: list[str]
+    awf_conf_below: float
+    omni_margin: float
+    diameter_ratio_above: float
+
+    def __post_init__(self):
+        bad = sorted(set(self.modalities) - set(MODALITIES))
+        if bad:
+            raise ValueError(f"omni_rule.modalities: unknown modality(ies) {bad}")
 
     def prefer_omnipose(self, awf_conf, omni_conf, awf_diameter=0.0, omni_diameter=0.0):
         """Confidences: mean foreground probability over pixels above 0.5; diameters: median cell
@@ -66,17 +82,24 @@ class OmniRule:
             | (np.asarray(omni_conf) > np.asarray(awf_conf) + self.omni_margin) | larger
 
 
+def leave_one_out(scores: np.ndarray) -> float:
+    """``scores (rules, N)``: each of N images' F1 under each candidate rule -> the mean F1 when
+    each image is routed by the rule best on all the other images (the honest estimate of a rule
+    tuned on these images; ties keep the first rule)."""
+    rest = scores.sum(axis=1, keepdims=True) - scores   # (rules, N): total without image i
+    best = rest.argmax(axis=0)                          # first maximum
+    return float(scores[best, np.arange(scores.shape[1])].mean())
+
+
 @dataclass
 class RoutingConfig:
-    ckpt_dir: str = "ckpts"
-    model_dict: dict = field(default_factory=lambda: {"bf": "general.pt", "gs": "grayscale.pt",
-                                                      "fl": "fl.pt", "omni": "omnipose.pt"})
-    general: str = "bf"
-    postprocess: dict = field(default_factory=lambda: {
-        "bf": {"conf_thres": 0.10, "iou_thres": 0.25},
-        "gs": {"conf_thres": 0.20, "iou_thres": 0.25},
-        "fl": {"conf_thres": 0.25, "iou_thres": 0.35}})
-    omni_rule: OmniRule = field(default_factory=OmniRule)
+    """The routing YAML (see the module docstring): every key required."""
+
+    ckpt_dir: str                            # relative to the repository root
+    model_dict: dict[str, str]               # branch (bf / fl / gs / omni) -> checkpoint file
+    general: str                             # the branch a missing checkpoint falls back to
+    postprocess: dict[str, BranchSettings]   # modality -> detection settings of its AWF branch
+    omni_rule: OmniRule
 
     def __post_init__(self):
         bad = set(self.model_dict) - set(MODALITIES) - {"omni"}
@@ -84,8 +107,15 @@ class RoutingConfig:
             raise ValueError(f"model_dict: unknown branch(es) {sorted(bad)}")
         if self.general not in self.model_dict:
             raise ValueError(f"general: {self.general} is not a key of model_dict")
-        self.settings = {m: load_config(BranchSettings, dict(self.postprocess.get(m, {})))
-                         for m in MODALITIES}
+        if set(self.postprocess) != set(MODALITIES):
+            raise ValueError(f"postprocess: needs exactly the modalities {list(MODALITIES)}, "
+                             f"got {sorted(self.postprocess)}")
+        self.postprocess = {m: load_config(BranchSettings, s) for m, s in self.postprocess.items()}
+        self.omni_rule = load_config(OmniRule, self.omni_rule)
+
+    def inference_params(self, modality: str, overrides: Overrides | None = None) -> InferenceParams:
+        """The AWF settings of ``modality``'s branch, with the run's command-line ``overrides``."""
+        return (overrides or Overrides()).params(self.postprocess[modality])
 
 
 @dataclass
@@ -97,6 +127,24 @@ class Overrides:
     max_det: int | None = None
     tta: bool = False
     scale: float = 1.0
+
+    def detection(self) -> dict:
+        """The detection settings this run overrides, by BranchSettings name."""
+        return {k: getattr(self, k) for k in ("conf_thres", "iou_thres", "max_det")
+                if getattr(self, k) is not None}
+
+    def flags(self) -> str:
+        """The detection overrides as command-line flags ("--conf-thres, --max-det"; "" = none)."""
+        return ", ".join("--" + k.replace("_", "-") for k in self.detection())
+
+    def params(self, settings: BranchSettings) -> InferenceParams:
+        """An AWF branch's InferenceParams: its ``settings`` with these overrides."""
+        return InferenceParams(detection=replace(settings, **self.detection()), tta=self.tta,
+                               scale=self.scale)
+
+    def omnipose_params(self) -> OmniposeParams:
+        """The Omnipose branch's settings: --tta and --scale (it has no detection step)."""
+        return OmniposeParams(tta=self.tta, scale=self.scale)
 
 
 class Router:
@@ -127,14 +175,28 @@ class Router:
             if not Path(self.ckpt).is_file():
                 raise FileNotFoundError(f"--ckpt {self.ckpt}: no such checkpoint")
             self._model(Path(self.ckpt))
+        else:
+            general = self.ckpt_dir / self.cfg.model_dict[self.cfg.general]
+            if not general.is_file():
+                raise FileNotFoundError(f"{general}: default weights missing (see "
+                                        "ckpts/README.md), or pass --ckpt PATH")
+            for name in dict.fromkeys(self.cfg.model_dict.values()):
+                if (self.ckpt_dir / name).is_file():
+                    self._model(self.ckpt_dir / name)
+        self._check_overrides()
+
+    def _check_overrides(self) -> None:
+        """Detection overrides mean nothing to an Omnipose model (no detection step): a
+        ValueError (one line) when only Omnipose models can run, a warning when some can."""
+        flags = self.overrides.flags()
+        omni = [k for k, m in self._models.items() if getattr(m, "kind", "awf") == "omnipose"]
+        if not flags or not omni:
             return
-        general = self.ckpt_dir / self.cfg.model_dict[self.cfg.general]
-        if not general.is_file():
-            raise FileNotFoundError(f"{general}: default weights missing (see ckpts/README.md), "
-                                    "or pass --ckpt PATH")
-        for name in dict.fromkeys(self.cfg.model_dict.values()):
-            if (self.ckpt_dir / name).is_file():
-                self._model(self.ckpt_dir / name)
+        if len(omni) == len(self._models):
+            raise ValueError(f"{flags}: {', '.join(omni)} is an Omnipose checkpoint, which has "
+                             "no detection step to set")
+        LOGGER.warning("%s: set for the AWF branches only; the Omnipose branch (%s) has no "
+                       "detection step", flags, ", ".join(omni))
 
     def branch_path(self, branch: str) -> Path | None:
         """Checkpoint of a branch; a missing file falls back to the general branch (warned once)."""
@@ -156,35 +218,43 @@ class Router:
         return general
 
     def params(self, modality: str) -> InferenceParams:
-        s, o = self.cfg.settings[modality], self.overrides
-        return InferenceParams(conf_thres=s.conf_thres if o.conf_thres is None else o.conf_thres,
-                               iou_thres=s.iou_thres if o.iou_thres is None else o.iou_thres,
-                               max_det=s.max_det if o.max_det is None else o.max_det,
-                               tta=o.tta, scale=o.scale)
+        return self.cfg.inference_params(modality, self.overrides)
 
     def segmenter(self, path: Path, modality: str):
         model = self._model(path)
         if getattr(model, "kind", "awf") == "omnipose":
-            return OmniposeSegmenter(model, self.device, precision=self.precision)
+            return OmniposeSegmenter(model, self.device, self.overrides.omnipose_params(),
+                                     precision=self.precision)
         return AWFSegmenter(model, self.device, self.params(modality), precision=self.precision)
 
-    def segment(self, raw: np.ndarray, image: np.ndarray) -> tuple[np.ndarray, dict]:
-        """Raw image (for the modality) and network image -> (label, info with modality/branch)."""
+    def segment(self, raw: np.ndarray, image: np.ndarray) -> Segmentation:
+        """Raw image (for the modality) and network image ``(H, W, 3) uint8`` -> the
+        :class:`Segmentation` of the branch chosen, with its modality, branch and timings."""
+        t0 = time.perf_counter()
         modality = classify_modality(raw)
+        spent = {"modality": time.perf_counter() - t0}
         path = self.branch_path(modality)
-        label, info = self.segmenter(path, modality).segment(image)
-        info.update(modality=modality, branch=path.stem)
+        result = replace(self.segmenter(path, modality).segment(image), modality=modality,
+                         branch=path.stem)
         rule = self.cfg.omni_rule
         omni = None if self.ckpt else self.branch_path("omni")
         if omni is not None and rule.enabled and modality in rule.modalities:
-            omni_label, omni_info = self.segmenter(omni, modality).segment(image)
-            if rule.prefer_omnipose(info["fg_conf"], omni_info["fg_conf"], info["diameter"],
-                                    omni_info["diameter"]):
-                label, info = omni_label, {**omni_info, "modality": modality, "branch": omni.stem}
-        return label, info
+            rival = self.segmenter(omni, modality).segment(image)
+            spent = add_timings(spent, rival.timings)
+            if rule.prefer_omnipose(result.fg_conf, rival.fg_conf, result.diameter,
+                                    rival.diameter):
+                result = replace(rival, modality=modality, branch=omni.stem,
+                                 timings=result.timings)
+        return replace(result, timings=add_timings(spent, result.timings))
 
 
-def load_routing(path: str | None, **changes) -> RoutingConfig:
-    """The routing YAML (None or a missing file = built-in defaults), with optional field changes."""
-    cfg = load_config(RoutingConfig, path) if path and Path(path).is_file() else RoutingConfig()
+def add_timings(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    """Seconds per stage, summed key by key (a new dict)."""
+    return {k: a.get(k, 0.0) + b.get(k, 0.0) for k in dict.fromkeys([*a, *b])}
+
+
+def load_routing(path=None, **changes) -> RoutingConfig:
+    """A routing YAML (None = the shipped data/routing.yaml; a missing file is a ConfigError),
+    with optional field changes (``load_routing(ckpt_dir="ckpts")``)."""
+    cfg = load_config(RoutingConfig, DEFAULT_ROUTING if path is None else path)
     return replace(cfg, **changes) if changes else cfg

@@ -211,14 +211,14 @@ def _predict_one(path: Path, router, out_dir: Path, seen: dict, outputs: Outputs
             return None
         raw = read_image(path)
         image = normalize_image(raw)
-        label, info = router.segment(raw, image)
+        seg = router.segment(raw, image)
         label_path = out_dir / (path.stem + LABEL_SUFFIX)
-        write_label(label_path, label)
+        write_label(label_path, seg.label)
         if outputs.pseudo:
-            _write_ignore(out_dir / (path.stem + IGNORE_SUFFIX), info.get("fg"), label)
+            _write_ignore(out_dir / (path.stem + IGNORE_SUFFIX), seg.fg, seg.label)
         if outputs.overlay:
-            write_image(out_dir / f"{path.stem}_overlay.png", overlay_outlines(image, label))
-        write_outlines(out_dir, path.stem, label, rois=outputs.rois, geojson=outputs.geojson)
+            write_image(out_dir / f"{path.stem}_overlay.png", overlay_outlines(image, seg.label))
+        write_outlines(out_dir, path.stem, seg.label, rois=outputs.rois, geojson=outputs.geojson)
     except Exception as exc:  # noqa: BLE001 - whatever one file raises fails that file only
         reason = failure_reason(exc)
         LOGGER.debug("failed on %s", path, exc_info=True)
@@ -226,12 +226,10 @@ def _predict_one(path: Path, router, out_dir: Path, seen: dict, outputs: Outputs
         return PredictionRecord(name=path.stem, image=image_rel, status="failed", error=reason,
                                 seconds=round(time.time() - t0, 3))
     if keep_labels:
-        labels[path.stem] = label
-    return PredictionRecord(name=path.stem, modality=info.get("modality", ""),
-                            branch=info.get("branch", ""), n_cells=int(info.get("n_cells", 0)),
-                            confidence=round(float(info.get("fg_conf", 0.0)), 4),
-                            diameter=round(float(info.get("diameter", 0.0)), 2),
-                            seconds=round(time.time() - t0, 3),
+        labels[path.stem] = seg.label
+    return PredictionRecord(name=path.stem, modality=seg.modality, branch=seg.branch,
+                            n_cells=seg.n_cells, confidence=round(seg.fg_conf, 4),
+                            diameter=round(seg.diameter, 2), seconds=round(time.time() - t0, 3),
                             label_path=_relative(label_path, out_dir),
                             image=image_rel)
 

@@ -21,14 +21,16 @@ from utils.autoanchor import check_anchors
 from utils.config import from_dict, load_data_config, load_yaml
 from utils.dataset import CellDataset, collate_fn
 from utils.datasplits import resolve_split
-from utils.engine import Task, TrainOptions
+from utils.engine import Task
 from utils.flows import TARGET_CHANNELS, label_to_tensor
 from utils.inference import AWFSegmenter, OmniposeSegmenter
 from utils.io import InputError
 from utils.label_cache import DatasetCache, dataset_boxes
 from utils.loss import AWFLoss, AWFLossGains, OmniposeLoss, OmniposeLossGains
 from utils.metrics import match_instances
+from utils.options import TrainOptions
 from utils.precision import resolve_precision
+from utils.routing import load_routing
 
 LOGGER = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ class SegmentationTask(Task):
         self.val_samples = resolve_split(self.data, "val") if self.data.val else []
         self.cache = DatasetCache(self.train_samples + self.val_samples, CACHE_DIR,
                                   cache_images=opt.cache_images)
+        self.routing = load_routing()  # validation scores with predict.py's settings
 
     def training_samples(self):
         return resolve_split(self.data, "train")
@@ -84,26 +87,29 @@ class SegmentationTask(Task):
         return ds, collate_fn
 
     @abstractmethod
-    def segmenter(self, model: nn.Module, device: torch.device):
-        """The prediction pipeline of this task's model (``.segment(image) -> (label, info)``)."""
+    def segmenter(self, model: nn.Module, device: torch.device, modality: str):
+        """The prediction pipeline of this task's model for images of ``modality`` (bf / fl /
+        gs), with predict.py's settings: ``.segment(image) -> Segmentation``."""
 
     def validate(self, model: nn.Module, device: torch.device) -> dict:
-        """Segment every validation image whole (the prediction pipeline) and score it with the
-        challenge metric; returns mean precision/recall/F1 overall and F1 per modality."""
+        """Segment every validation image whole (the prediction pipeline, with the per-modality
+        settings of data/routing.yaml as predict.py) and score it with the challenge metric;
+        returns mean precision/recall/F1 overall and F1 per modality."""
         if not self.val_samples:
             return {}
-        seg = self.segmenter(model, device)
-        rows, t0 = [], time.time()
+        segmenters, rows, t0 = {}, [], time.time()
         for s in self.val_samples:
             try:
                 image, gt = self.cache.image(s), self.cache.label(s)
             except InputError as exc:
                 LOGGER.warning("validation skips %s", exc)
                 continue
-            pred, _ = seg.segment(image)
-            r = match_instances(gt, pred, threshold=0.5)
+            modality = self.cache.modality(s)
+            if modality not in segmenters:
+                segmenters[modality] = self.segmenter(model, device, modality)
+            r = match_instances(gt, segmenters[modality].segment(image).label, threshold=0.5)
             rows.append({"f1": r.f1, "precision": r.precision, "recall": r.recall,
-                         "modality": s.modality or "unknown", "source": s.source})
+                         "modality": modality, "source": s.source})
         out = summarize_validation(rows)
         out["seconds"] = time.time() - t0
         return out
@@ -135,11 +141,12 @@ class AWFTask(SegmentationTask):
         check_anchors(model, dataset_boxes(self.train_samples, self.cache), thr=thr,
                       noautoanchor=self.opt.noautoanchor)
 
-    def batch_size_keys(self) -> tuple[str, ...]:
+    def bilinear_map_keys(self) -> tuple[str, ...]:
         return ("height",)
 
-    def segmenter(self, model: nn.Module, device: torch.device):
-        return AWFSegmenter(model, device, precision=resolve_precision(self.opt.amp, device))
+    def segmenter(self, model: nn.Module, device: torch.device, modality: str):
+        return AWFSegmenter(model, device, self.routing.inference_params(modality),
+                            precision=resolve_precision(self.opt.amp, device))
 
 
 class WeaklyTask(AWFTask):
@@ -200,7 +207,7 @@ class OmniposeTask(SegmentationTask):
     def target_fn(self):
         return omnipose_targets
 
-    def batch_size_keys(self) -> tuple[str, ...]:
+    def bilinear_map_keys(self) -> tuple[str, ...]:
         return ("omni",)
 
     def rescale_targets(self, batch: dict, s: float) -> dict:
@@ -210,5 +217,5 @@ class OmniposeTask(SegmentationTask):
         omni[:, DIST_CHANNEL] = torch.where(dist > 0, dist * s, dist)
         return {**batch, "omni": omni}
 
-    def segmenter(self, model: nn.Module, device: torch.device):
+    def segmenter(self, model: nn.Module, device: torch.device, modality: str):
         return OmniposeSegmenter(model, device, precision=resolve_precision(self.opt.amp, device))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -38,6 +38,7 @@ DEFAULT_MARGIN = 256
 MAX_DIRECT_ID = 1 << 24
 
 Box = tuple[int, int, int, int]  # (y0, x0, y1, x1), pixels, y1/x1 exclusive
+Part = TypeVar("Part")
 
 
 def _starts(length: int, window: int, stride: int) -> list[int]:
@@ -120,15 +121,6 @@ class WindowAccumulator:
         out = np.zeros(self.shape, np.float32)
         np.divide(self._sum, self._weight, out=out, where=self._weight > 0)
         return out
-
-
-def blend_windows(maps, windows, shape: tuple[int, int, int],
-                  sigma_scale: float = GAUSSIAN_SIGMA_SCALE) -> np.ndarray:
-    """Blend per-window maps ``(C, h, w)`` at ``windows`` ``(y0, x0, y1, x1)`` into ``(C, H, W)``."""
-    acc = WindowAccumulator(shape, sigma_scale)
-    for m, (y0, x0, _, _) in zip(maps, windows):
-        acc.add(m, y0, x0)
-    return acc.result()
 
 
 def chunk_grid(height: int, width: int, chunk: int = DEFAULT_CHUNK,
@@ -215,3 +207,20 @@ def segment_chunked(image: np.ndarray, segment_fn: Callable[[np.ndarray], np.nda
         view[paste] = new[paste]
         LOGGER.debug("chunk core (%d, %d): %d instances kept", cy0, cx0, len(ids))
     return out
+
+
+def segment_chunked_parts(image: np.ndarray,
+                          segment_fn: Callable[[np.ndarray], tuple[np.ndarray, Part]],
+                          chunk: int = DEFAULT_CHUNK, margin: int = DEFAULT_MARGIN,
+                          progress: bool = False) -> tuple[np.ndarray, list[Part]]:
+    """:func:`segment_chunked` for a ``segment_fn`` that returns ``(label, part)``: the ``(H, W)
+    uint32`` label and the parts of the regions, in the order they were segmented (e.g. the
+    statistics of each region, which the caller adds up)."""
+    parts: list[Part] = []
+
+    def label_of(region: np.ndarray) -> np.ndarray:
+        label, part = segment_fn(region)
+        parts.append(part)
+        return label
+
+    return segment_chunked(image, label_of, chunk=chunk, margin=margin, progress=progress), parts

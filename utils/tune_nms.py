@@ -4,8 +4,9 @@
         --conf 0.05 0.1 0.15 0.2 0.25 0.3 --iou 0.2 0.25 0.3 0.35 0.45 -o runs/tune_nms.csv
 
 The network runs once per image; every (conf, iou) pair then re-runs NMS, the watershed
-post-processing and the challenge metric. Prints the best pair per modality: the values for
-the ``postprocess`` section of data/routing.yaml.
+post-processing and the challenge metric, with predict.py's max_det and post-processing. Prints
+the best pair per modality (the values for the ``postprocess`` section of data/routing.yaml) and
+the F1 of the pairs the routing YAML (``--routing``) sets now, the figures predict.py scores.
 """
 from __future__ import annotations
 
@@ -25,32 +26,48 @@ from utils.inference import AWFSegmenter
 from utils.io import check_output_file, write_table
 from utils.label_cache import DatasetCache
 from utils.metrics import match_instances
-from utils.routing import MODALITIES
+from utils.modality import MODALITIES
 from utils.nms import non_max_suppression
 from utils.precision import MODES, log_precision, resolve_precision
+from utils.routing import DEFAULT_ROUTING, BranchSettings, load_routing
 from utils.watershed import PostprocessParams, postprocess
 
 LOGGER = logging.getLogger(__name__)
 
 
-def sweep(segmenter: AWFSegmenter, items, confs, ious, max_det: int = 3000,
+def sweep(segmenter: AWFSegmenter, items, confs, ious, settings: dict[str, BranchSettings],
           post: PostprocessParams | None = None) -> pd.DataFrame:
-    """``items``: (name, modality, network image, GT label). One row per image and pair with the
-    challenge metric's F1, precision and recall at IoU 0.5."""
+    """``items``: (name, modality, network image, GT label); ``settings``: modality -> its
+    detection settings now (data/routing.yaml). One row per image and (conf, iou) pair of the
+    grid and for the image's configured pair, with the challenge metric's F1, precision and
+    recall at IoU 0.5; columns ``grid`` and ``configured`` say which the pair is."""
     rows = []
     for name, modality, image, gt in tqdm(items, desc="sweep", unit="img"):
         pred, fg, height = segmenter.raw_outputs(image)
-        for conf, iou in itertools.product(confs, ious):
-            det = non_max_suppression(pred[None], conf, iou, max_det)[0].cpu().numpy()
-            label = postprocess(det[:, :4], det[:, 4], fg, height, post)
-            r = match_instances(gt, label)
+        s = settings[modality]
+        pairs = {pair: (True, False) for pair in itertools.product(confs, ious)}
+        pairs[(s.conf_thres, s.iou_thres)] = ((s.conf_thres, s.iou_thres) in pairs, True)
+        for (conf, iou), (grid, configured) in pairs.items():
+            det = non_max_suppression(pred[None], conf, iou, s.max_det)[0].cpu().numpy()
+            r = match_instances(gt, postprocess(det[:, :4], det[:, 4], fg, height, post))
             rows.append({"name": name, "modality": modality, "conf_thres": conf, "iou_thres": iou,
+                         "grid": grid, "configured": configured,
                          "f1": r.f1, "precision": r.precision, "recall": r.recall})
     return pd.DataFrame(rows)
 
 
+def configured_scores(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean F1 of the configured pairs per modality and overall (what predict.py scores)."""
+    rows = frame[frame["configured"]]
+    table = rows.groupby("modality", as_index=False).agg(
+        conf_thres=("conf_thres", "first"), iou_thres=("iou_thres", "first"), f1=("f1", "mean"))
+    return pd.concat([table, pd.DataFrame([{"modality": "all", "f1": rows["f1"].mean()}])],
+                     ignore_index=True)
+
+
 def best_per_modality(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean F1 per (modality, conf, iou); the best pair of each modality and overall."""
+    """Mean F1 per (modality, conf, iou) of the grid; the best pair of each modality and overall."""
+    frame = frame[frame["grid"]]
     mean = frame.groupby(["modality", "conf_thres", "iou_thres"], as_index=False)["f1"].mean()
     overall = frame.groupby(["conf_thres", "iou_thres"], as_index=False)["f1"].mean().assign(modality="all")
     table = pd.concat([mean, overall], ignore_index=True)
@@ -68,6 +85,8 @@ def main(argv=None):
                    help="sweep only the images of these modalities (default: all)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", default="auto", choices=MODES, help="precision (utils.precision)")
+    p.add_argument("--routing", default=str(DEFAULT_ROUTING),
+                   help="routing YAML whose per-modality settings are scored beside the grid")
     p.add_argument("-o", "--output", default="runs/tune_nms.csv")
     args = p.parse_args(argv)
     setup_logging()
@@ -80,11 +99,16 @@ def main(argv=None):
     device = torch.device(args.device)
     precision = resolve_precision(args.amp, device)
     log_precision(precision, "inference")
-    seg = AWFSegmenter(load_model(args.ckpt, kind="awf"), device, precision=precision)
+    routing = load_routing(args.routing)
+    seg = AWFSegmenter(load_model(args.ckpt, kind="awf"), device,
+                       routing.inference_params(routing.general), precision=precision)
     items = ((s.image.stem, cache.modality(s), cache.image(s), cache.label(s)) for s in samples)
-    frame = sweep(seg, list(items), args.conf, args.iou)
+    frame = sweep(seg, list(items), args.conf, args.iou, routing.postprocess, seg.params.post)
     write_table(frame, args.output)
+    print("best of the grid:")
     print(best_per_modality(frame).to_string(index=False))
+    print(f"configured ({args.routing}):")
+    print(configured_scores(frame).to_string(index=False))
 
 
 if __name__ == "__main__":
