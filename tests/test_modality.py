@@ -4,10 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-
-from utils.modality import classify_modality, modality_agreement
+from utils.io import list_images, read_image
+from utils.modality import MODALITIES, classify_modality
 from utils.synthetic import make_sample, write_dataset
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data"
@@ -15,6 +16,27 @@ DATA = Path(__file__).resolve().parents[2] / "shared/data"
 # usiigaci 30/30. The margins allow a few images to flip if the data is re-exported.
 DSB2018_MIN_ACCURACY = 1.0 - 0.02
 USIIGACI_MIN_ACCURACY = 1.0 - 0.04
+
+
+def modality_agreement(root):
+    """Compare ``classify_modality`` with ``root/meta.csv`` (columns name, modality) on the images
+    in ``root/images`` (NAME.ext). Returns ``(accuracy, confusion)``: confusion is a DataFrame of
+    counts, rows = meta modality (``true``), columns = predicted, over bf/fl/gs."""
+    root = Path(root)
+    meta = pd.read_csv(root / "meta.csv")
+    paths = {p.stem: p for p in list_images(root / "images")}
+    missing = [n for n in meta["name"].astype(str) if n not in paths]
+    if missing:
+        raise FileNotFoundError(f"{root / 'images'}: no image for {len(missing)} meta.csv names, "
+                                f"e.g. {missing[0]}")
+    truth = meta["modality"].astype(str).tolist()
+    pred = [classify_modality(read_image(paths[n])) for n in meta["name"].astype(str)]
+    labels = list(MODALITIES) + sorted(set(truth) - set(MODALITIES))
+    confusion = pd.crosstab(pd.Categorical(truth, categories=labels),
+                            pd.Categorical(pred, categories=labels),
+                            rownames=["true"], colnames=["predicted"], dropna=False)
+    accuracy = float(np.mean([t == p for t, p in zip(truth, pred)])) if truth else float("nan")
+    return accuracy, confusion
 
 
 @pytest.mark.parametrize("modality,kw,expected", [

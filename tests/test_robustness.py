@@ -15,6 +15,7 @@ import torch
 
 from utils.checkpoint import CheckpointError, save_checkpoint_atomic
 from utils.io import read_label, remove_stale_temporaries, write_label, write_table
+from utils.inference import Segmentation
 from utils.routing import Router, load_routing
 from utils.datasplits import read_confidence
 from utils import runner
@@ -88,7 +89,7 @@ def test_any_exception_of_one_file_fails_that_file_only(tmp_path):
         def segment(self, raw, image):
             if image.shape[0] == 40:
                 raise KeyError("something nobody expected")
-            return np.ones(image.shape[:2], np.int32), {"modality": "bf", "branch": "x"}
+            return Segmentation(np.ones(image.shape[:2], np.int32), modality="bf", branch="x")
 
     for name, h in (("a", 32), ("b", 40), ("c", 32)):
         cv2.imwrite(str(tmp_path / f"{name}.png"), _good((h, 32, 3)))
@@ -113,7 +114,7 @@ class _Counting:
         self.calls.append(image.shape)
         label = np.zeros(image.shape[:2], np.int32)
         label[2:6, 2:6] = 1
-        return label, {"modality": "fl", "branch": "x", "n_cells": 1, "fg_conf": 0.9}
+        return Segmentation(label, modality="fl", branch="x", n_cells=1, fg_conf=0.9)
 
 
 def test_records_are_written_as_each_image_finishes_and_skip_existing(tmp_path):

@@ -117,7 +117,7 @@ def test_multiscale_resize_keeps_boxes_on_their_cells():
     fg = (img[:, 0] > 0).float()
     batch = {"img": img.float() / 255, "fg": fg, "height": fg * 0.5, "weight": torch.ones(2),
              "targets": torch.tensor([[1.0, 16, 8, 40, 24]])}
-    out = resize_batch(batch, 128, map_keys=("height",))
+    out = resize_batch(batch, 128, bilinear_keys=("height",))
     assert out["img"].shape == (2, 3, 128, 128) and out["fg"].shape == (2, 128, 128)
     torch.testing.assert_close(out["targets"], torch.tensor([[1.0, 32, 16, 80, 48]]))
     ys, xs = torch.nonzero(out["fg"][1] > 0, as_tuple=True)  # nearest: still exactly 0/1

@@ -3,7 +3,7 @@ dark background) or "gs" (grayscale with a light or mid-grey background: phase c
 grayscale brightfield).
 
 The rule (all thresholds are the module constants below; tuned on dsb2018 and usiigaci, see
-``modality_agreement``):
+tests/test_modality.py's ``modality_agreement``):
 
 1. Three colour channels whose red carries under RED_EMPTY_FRACTION of the channel sum -> "fl"
    (fluorescence stains shown in green/blue, the original framework's rule; 2-channel images are
@@ -21,11 +21,8 @@ takes about a millisecond and the answer is deterministic.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from utils.io import list_images, read_image
 
 # The modality tags, the keys of data/routing.yaml's per-modality sections and meta.csv's values.
 MODALITIES = ("bf", "fl", "gs")
@@ -111,26 +108,3 @@ def classify_modality(img: np.ndarray) -> str:
     if f["channel_spread"] < GRAY_MAX_CHANNEL_SPREAD:
         return "gs"
     return "bf"
-
-
-def modality_agreement(root):
-    """Compare ``classify_modality`` with ``root/meta.csv`` (columns name, modality) on the images
-    in ``root/images`` (NAME.ext). Returns ``(accuracy, confusion)``: confusion is a DataFrame of
-    counts, rows = meta modality (``true``), columns = predicted, over bf/fl/gs."""
-    import pandas as pd  # only here: classify_modality itself needs numpy alone
-
-    root = Path(root)
-    meta = pd.read_csv(root / "meta.csv")
-    paths = {p.stem: p for p in list_images(root / "images")}
-    missing = [n for n in meta["name"].astype(str) if n not in paths]
-    if missing:
-        raise FileNotFoundError(f"{root / 'images'}: no image for {len(missing)} meta.csv names, "
-                                f"e.g. {missing[0]}")
-    truth = meta["modality"].astype(str).tolist()
-    pred = [classify_modality(read_image(paths[n])) for n in meta["name"].astype(str)]
-    labels = list(MODALITIES) + sorted(set(truth) - set(MODALITIES))
-    confusion = pd.crosstab(pd.Categorical(truth, categories=labels),
-                            pd.Categorical(pred, categories=labels),
-                            rownames=["true"], colnames=["predicted"], dropna=False)
-    accuracy = float(np.mean([t == p for t, p in zip(truth, pred)])) if truth else float("nan")
-    return accuracy, confusion
