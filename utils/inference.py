@@ -9,6 +9,7 @@ Gaussian-weighted sliding windows with a global NMS over windows.
 """
 from __future__ import annotations
 
+import abc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -149,7 +150,7 @@ def _resize_label(label: np.ndarray, h: int, w: int, scale: float) -> np.ndarray
     return label[np.ix_(yi, xi)]
 
 
-class Segmenter:
+class Segmenter(abc.ABC):
     """A model in eval mode on a device; ``segment(image) -> Segmentation``. Subclasses supply
     ``_segment_region(image) -> (label, RegionStats)`` and ``default_params``."""
 
@@ -173,8 +174,9 @@ class Segmenter:
         """Network image ``(H, W, 3) uint8`` -> ``(1, 3, H, W)`` float in [0, 1] on the device."""
         return torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float() / 255.0
 
+    @abc.abstractmethod
     def _segment_region(self, image: np.ndarray) -> tuple[np.ndarray, RegionStats]:
-        raise NotImplementedError
+        """One region (a whole image or a chunk) -> its ``(H, W)`` label and :class:`RegionStats`."""
 
     def segment(self, image: np.ndarray) -> Segmentation:
         """Network image ``(H, W, 3) uint8`` -> :class:`Segmentation` (label ``(H, W)``).
