@@ -6,9 +6,10 @@
     python evaluate.py -i data/cells.yaml --split val     # a dataset YAML's split, by its sources
 
 LABELED_DIR holds images/ and labels/NAME_label.tiff. Writes a per-image CSV (the challenge
-columns plus modality, branch, confidence, diameter and seconds; confidence is the mean foreground
-probability over pixels above 0.5 and diameter the median cell diameter in pixels, the inputs of
-the Omnipose routing rule) and prints the mean
+columns plus modality, branch, confidence, diameter, scale and seconds; confidence is the mean
+foreground probability over pixels above 0.5 and diameter the median cell diameter in pixels, the
+inputs of the Omnipose routing rule; scale the resize factor of the pass kept, utils/sizing.py)
+and prints the mean
 and median F1 overall, per source (the folder's name, or the YAML's ``sources``) and per modality.
 Prediction is predict.py's code, scoring is compute_metric.py's.
 """
@@ -95,7 +96,8 @@ def score(files, labels: dict, records) -> tuple[pd.DataFrame, list[str]]:
         results.append(result)
         rec = by_name[path.stem]
         extra.append({"modality": rec.modality, "branch": rec.branch, "confidence": rec.confidence,
-                      "diameter": rec.diameter, "seconds": rec.seconds})
+                      "diameter": rec.diameter, "scale": rec.scale,
+                      "seconds": rec.seconds})
     frame = results_to_frame(names, results)
     return pd.concat([frame, pd.DataFrame(extra)], axis=1), failures
 
@@ -140,7 +142,7 @@ def main(argv=None) -> int:
     if len(frame):
         print_summary(frame)
     LOGGER.info("per-image results in %s (columns: %s, modality, branch, confidence, "
-                "diameter, seconds, source)", written, ", ".join(RESULT_COLUMNS))
+                "diameter, scale, seconds, source)", written, ", ".join(RESULT_COLUMNS))
     status = report_failures(summary)
     return status or int(written != Path(args.output))
 

@@ -87,7 +87,7 @@ def test_predictions_csv_paths_are_relative_to_the_output_folder(predicted):
     import pandas as pd
     frame = pd.read_csv(predicted / "predictions.csv")
     assert list(frame.columns) == ["name", "modality", "branch", "n_cells", "confidence",
-                                   "diameter", "seconds", "label_path", "image", "status", "error"]
+                                   "diameter", "scale", "seconds", "label_path", "image", "status", "error"]
     for row in frame.itertuples():
         assert (predicted / row.label_path).resolve() == predicted / f"{row.name}_label.tiff"
         assert (predicted / row.image).resolve() == (REPO / "examples").resolve() / Path(row.image).name

@@ -79,12 +79,25 @@ def add_prediction_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="override the per-modality NMS IoU (AWF branches)")
     p.add_argument("--max-det", type=int, default=None,
                    help="override the per-modality cap (AWF branches)")
-    p.add_argument("--scale", type=float, default=1.0, help="resize factor before the network")
+    p.add_argument("--scale", type=scale_arg, default=None,
+                   help="a fixed resize factor before the network (default: the image's own "
+                        "scale, then the size rule of the routing YAML: utils/sizing.py)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     p.add_argument("--amp", default="auto", choices=MODES,
                    help="precision (utils.precision): auto = fp16 on CUDA, bf16 + channels_last on a "
                         "CPU with native bf16, else fp32")
     return p
+
+
+def scale_arg(text: str) -> float:
+    """--scale: a positive number (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be > 0")
+    return value
 
 
 def router_from_args(args, device):

@@ -4,7 +4,8 @@ predict.py, evaluate.py and validation during training all call :class:`AWFSegme
 :class:`OmniposeSegmenter`), so the numbers of the three agree. :meth:`Segmenter.segment` resizes
 by ``params.scale``, runs images up to ``max_full_size`` a side as one region at native
 resolution and cuts larger ones into chunks (no cell cut at a seam, see utils/tiling.py), then
-maps the label back to the input resolution. An AWF region's network maps come from
+maps the label back to the input resolution; with an AWF ``size_rule`` (utils/sizing.py) an image
+whose cells came out too small or too large is resized and segmented a second time. An AWF region's network maps come from
 Gaussian-weighted sliding windows with a global NMS over windows.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import abc
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import cv2
@@ -24,6 +25,7 @@ from models.awf import MAX_STRIDE
 from utils.flows import FLOW_THRESHOLD, MIN_SIZE, reconstruct_masks
 from utils.nms import merge_detections, non_max_suppression
 from utils.precision import Precision, resolve_precision
+from utils.sizing import SizeRule
 from utils.tiling import (DEFAULT_CHUNK, DEFAULT_MARGIN, DEFAULT_OVERLAP, DEFAULT_WINDOW,
                           WindowAccumulator, gaussian_weight, segment_chunked_parts, window_grid)
 from utils.watershed import PostprocessParams, postprocess
@@ -70,6 +72,8 @@ class Segmentation:
     n_det: int = 0            # AWF: detections kept after NMS (Omnipose: 0)
     n_cells: int = 0          # instances in ``label``
     diameter: float = 0.0     # median cell diameter, pixels (:func:`median_diameter`)
+    scale: float = 1.0        # the resize factor the label was made at (``params.scale``, or
+    #                           the size rule's second pass)
     fg: np.ndarray | None = None  # AWF: (H, W) float32 foreground probability at the input
     #                               resolution (pseudo-label ignore masks); None for Omnipose and
     #                               for an image segmented in chunks (too large to hold it)
@@ -126,6 +130,7 @@ class InferenceParams(RunParams):
     window: int = DEFAULT_WINDOW        # sliding window, pixels (utils.tiling)
     overlap: float = DEFAULT_OVERLAP    # window overlap fraction
     post: PostprocessParams = field(default_factory=PostprocessParams)
+    size_rule: SizeRule | None = None   # a second pass at the cells' scale (None = ``scale`` only)
 
 
 @dataclass(kw_only=True)
@@ -181,13 +186,28 @@ class Segmenter(abc.ABC):
     def segment(self, image: np.ndarray) -> Segmentation:
         """Network image ``(H, W, 3) uint8`` -> :class:`Segmentation` (label ``(H, W)``).
 
-        The image is resized by ``params.scale``, segmented whole up to ``max_full_size`` a side
-        (else in chunks: :func:`utils.tiling.segment_chunked_parts`), and the label (and the fg
-        map of a whole image) mapped back to ``(H, W)``."""
+        One pass at ``params.scale`` (:meth:`segment_at`); with a ``size_rule`` in the params
+        (AWF), a second pass at the factor the first pass's median diameter asks for
+        (:meth:`utils.sizing.SizeRule.factor`), kept unless it finds no cell. Timings add up."""
+        first = self.segment_at(image, self.params.scale)
+        rule = getattr(self.params, "size_rule", None)
+        factor = rule.factor(first.diameter) if rule is not None else 1.0
+        if factor == 1.0:
+            return first
+        second = self.segment_at(image, self.params.scale * factor)
+        if second.n_cells == 0:
+            return first
+        timings = {k: first.timings.get(k, 0.0) + v for k, v in second.timings.items()}
+        return replace(second, timings=timings)
+
+    def segment_at(self, image: np.ndarray, scale: float) -> Segmentation:
+        """One pass: the image resized by ``scale``, segmented whole up to ``max_full_size`` a
+        side (else in chunks: :func:`utils.tiling.segment_chunked_parts`), and the label (and
+        the fg map of a whole image) mapped back to ``(H, W)``."""
         p = self.params
         h, w = image.shape[:2]
-        if p.scale != 1.0:
-            size = (max(1, round(w * p.scale)), max(1, round(h * p.scale)))
+        if scale != 1.0:
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
             image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
         if max(image.shape[:2]) <= p.max_full_size:
             label, stats = self._segment_region(image)
@@ -198,12 +218,12 @@ class Segmenter(abc.ABC):
         fg = stats.fg
         if fg is not None and fg.shape != (h, w):
             fg = cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR)
-        if p.scale != 1.0:
-            label = _resize_label(label, h, w, p.scale)
+        if scale != 1.0:
+            label = _resize_label(label, h, w, scale)
         return Segmentation(label=label, fg_conf=stats.fg_sum / max(stats.fg_count, 1),
                             det_conf=stats.det_score_sum / max(stats.n_det, 1),
                             n_det=stats.n_det, n_cells=int(label.max(initial=0)),
-                            diameter=median_diameter(label), fg=fg,
+                            diameter=median_diameter(label), scale=scale, fg=fg,
                             timings={"network": stats.network_s,
                                      "postprocess": stats.postprocess_s})
 

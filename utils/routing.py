@@ -13,6 +13,8 @@ values (tests/test_predict.py checks this block against the file):
       fl: {conf_thres: 0.30, iou_thres: 0.30}
     omni_rule: {enabled: true, modalities: [fl], awf_conf_below: 0.0, omni_margin: 0.0,
                 diameter_ratio_above: 1.025}
+    size_rule: {enabled: true, min_diameter: 14, small_target: 20, max_diameter: 75,
+                large_target: 60}
 
 Each checkpoint is loaded once per run, on first use.
 """
@@ -32,6 +34,7 @@ from utils.inference import (AWFSegmenter, InferenceParams, OmniposeParams, Omni
                              Segmentation)
 from utils.modality import MODALITIES, classify_modality
 from utils.precision import log_precision, resolve_precision
+from utils.sizing import SizeRule
 
 LOGGER = logging.getLogger(__name__)
 # The shipped routing configuration: the default of predict.py, evaluate.py, training validation
@@ -100,6 +103,7 @@ class RoutingConfig:
     general: str                             # the branch a missing checkpoint falls back to
     postprocess: dict[str, BranchSettings]   # modality -> detection settings of its AWF branch
     omni_rule: OmniRule
+    size_rule: SizeRule                      # AWF branches: a second pass at the cells' scale
 
     def __post_init__(self):
         bad = set(self.model_dict) - set(MODALITIES) - {"omni"}
@@ -112,10 +116,11 @@ class RoutingConfig:
                              f"got {sorted(self.postprocess)}")
         self.postprocess = {m: load_config(BranchSettings, s) for m, s in self.postprocess.items()}
         self.omni_rule = load_config(OmniRule, self.omni_rule)
+        self.size_rule = load_config(SizeRule, self.size_rule)
 
     def inference_params(self, modality: str, overrides: Overrides | None = None) -> InferenceParams:
         """The AWF settings of ``modality``'s branch, with the run's command-line ``overrides``."""
-        return (overrides or Overrides()).params(self.postprocess[modality])
+        return (overrides or Overrides()).params(self.postprocess[modality], self.size_rule)
 
 
 @dataclass
@@ -126,7 +131,7 @@ class Overrides:
     iou_thres: float | None = None
     max_det: int | None = None
     tta: bool = False
-    scale: float = 1.0
+    scale: float | None = None   # a fixed resize factor; None = native, then the size rule
 
     def detection(self) -> dict:
         """The detection settings this run overrides, by BranchSettings name."""
@@ -137,14 +142,17 @@ class Overrides:
         """The detection overrides as command-line flags ("--conf-thres, --max-det"; "" = none)."""
         return ", ".join("--" + k.replace("_", "-") for k in self.detection())
 
-    def params(self, settings: BranchSettings) -> InferenceParams:
-        """An AWF branch's InferenceParams: its ``settings`` with these overrides."""
+    def params(self, settings: BranchSettings, size_rule: SizeRule | None = None) -> InferenceParams:
+        """An AWF branch's InferenceParams: its ``settings`` with these overrides; ``size_rule``
+        applies unless this run fixes the scale."""
         return InferenceParams(detection=replace(settings, **self.detection()), tta=self.tta,
-                               scale=self.scale)
+                               scale=1.0 if self.scale is None else self.scale,
+                               size_rule=size_rule if self.scale is None else None)
 
     def omnipose_params(self) -> OmniposeParams:
-        """The Omnipose branch's settings: --tta and --scale (it has no detection step)."""
-        return OmniposeParams(tta=self.tta, scale=self.scale)
+        """The Omnipose branch's settings: --tta and --scale (it has no detection step, and no
+        size rule: its flows were not measured at other scales)."""
+        return OmniposeParams(tta=self.tta, scale=1.0 if self.scale is None else self.scale)
 
 
 class Router:

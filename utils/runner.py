@@ -47,6 +47,7 @@ class PredictionRecord:
     n_cells: int = 0
     confidence: float = 0.0       # mean foreground probability over pixels above 0.5
     diameter: float = 0.0         # median cell diameter, pixels (utils.inference.median_diameter)
+    scale: float = 1.0            # resize factor of the pass kept (--scale or the size rule)
     seconds: float = 0.0
     label_path: str = ""          # relative to the output folder (NAME_label.tiff)
     image: str = ""               # the source image, relative to the output folder when possible
@@ -229,7 +230,8 @@ def _predict_one(path: Path, router, out_dir: Path, seen: dict, outputs: Outputs
         labels[path.stem] = seg.label
     return PredictionRecord(name=path.stem, modality=seg.modality, branch=seg.branch,
                             n_cells=seg.n_cells, confidence=round(seg.fg_conf, 4),
-                            diameter=round(seg.diameter, 2), seconds=round(time.time() - t0, 3),
+                            diameter=round(seg.diameter, 2), scale=round(seg.scale, 4),
+                            seconds=round(time.time() - t0, 3),
                             label_path=_relative(label_path, out_dir),
                             image=image_rel)
 

@@ -1,0 +1,112 @@
+"""The cell-size rule (utils/sizing.py) and the second pass of Segmenter.segment."""
+import numpy as np
+import pytest
+from skimage.draw import disk
+from skimage.measure import label as connected
+
+from utils.config import ConfigError
+from utils.inference import RegionStats, RunParams, Segmenter, median_diameter
+from utils.routing import DEFAULT_ROUTING, Overrides, load_routing
+from utils.sizing import MAX_FACTOR, MIN_FACTOR, SizeRule
+
+RULE = SizeRule(enabled=True, min_diameter=14, small_target=20, max_diameter=75, large_target=60)
+
+
+def test_factor_leaves_the_working_range_alone_and_rescales_outside_it():
+    assert RULE.factor(14) == RULE.factor(40) == RULE.factor(75) == 1.0
+    assert RULE.factor(10) == pytest.approx(2.0)          # 10 px cells -> 20 px
+    assert RULE.factor(120) == pytest.approx(0.5)         # 120 px cells -> 60 px
+    assert RULE.factor(0.0) == 1.0                        # nothing found: no second pass
+    assert RULE.factor(1.0) == MAX_FACTOR and RULE.factor(5000) == MIN_FACTOR
+    off = SizeRule(enabled=False, min_diameter=14, small_target=20, max_diameter=75,
+                   large_target=60)
+    assert off.factor(5) == off.factor(500) == 1.0
+
+
+@pytest.mark.parametrize("bad", [dict(min_diameter=80), dict(small_target=10),
+                                 dict(large_target=90), dict(min_diameter=0)])
+def test_a_rule_whose_second_pass_would_leave_the_range_is_refused(bad):
+    values = dict(enabled=True, min_diameter=14, small_target=20, max_diameter=75, large_target=60)
+    with pytest.raises(ValueError, match="size_rule"):
+        SizeRule(**{**values, **bad})
+
+
+class ThresholdSegmenter(Segmenter):
+    """Bright blobs -> instances; records the shape of every region it was given."""
+
+    def __init__(self, params):
+        import torch
+        super().__init__(torch.nn.Identity(), params=params)
+        self.regions = []
+
+    def _segment_region(self, image):
+        self.regions.append(image.shape[:2])
+        return connected(image[..., 0] > 127).astype(np.int32), RegionStats()
+
+
+def blobs(shape, radius, centres):
+    image = np.zeros((*shape, 3), np.uint8)
+    for c in centres:
+        image[disk(c, radius, shape=shape)] = 255
+    return image
+
+
+@pytest.mark.parametrize("radius, factor", [(60, 0.5), (4, 2.6)])
+def test_cells_outside_the_range_are_segmented_again_at_the_rule_s_scale(radius, factor):
+    image = blobs((400, 480), radius, [(100, 100), (100, 300), (300, 200)])
+    seg = ThresholdSegmenter(RunParams())
+    seg.params.size_rule = RULE
+    out = seg.segment(image)
+    first_d = median_diameter(connected(image[..., 0] > 127))  # what the first pass found
+    assert seg.regions[0] == (400, 480)
+    assert len(seg.regions) == 2 and seg.regions[1] == (round(400 * out.scale), round(480 * out.scale))
+    assert out.scale == pytest.approx(RULE.factor(first_d)) == pytest.approx(factor, rel=0.1)
+    assert out.label.shape == (400, 480) and out.n_cells == 3     # mapped back, ids kept
+    assert abs(out.diameter - first_d) < 0.1 * first_d
+
+
+def test_cells_inside_the_range_cost_one_pass_and_a_fixed_scale_skips_the_rule():
+    image = blobs((300, 300), 15, [(80, 80), (200, 200)])
+    seg = ThresholdSegmenter(RunParams())
+    seg.params.size_rule = RULE
+    assert seg.segment(image).scale == 1.0 and len(seg.regions) == 1
+    big = blobs((300, 300), 60, [(150, 150)])
+    fixed = ThresholdSegmenter(RunParams(scale=0.8))  # no size_rule: what --scale 0.8 builds
+    assert fixed.segment(big).scale == 0.8 and fixed.regions == [(240, 240)]
+
+
+def test_a_second_pass_that_finds_nothing_keeps_the_first():
+    class Vanishing(ThresholdSegmenter):
+        def _segment_region(self, image):
+            label, stats = super()._segment_region(image)
+            return (label if len(self.regions) == 1 else np.zeros_like(label)), stats
+    seg = Vanishing(RunParams())
+    seg.params.size_rule = RULE
+    out = seg.segment(blobs((400, 400), 60, [(200, 200)]))
+    assert len(seg.regions) == 2 and out.scale == 1.0 and out.n_cells == 1
+
+
+def test_the_routing_yaml_rule_applies_unless_the_run_fixes_the_scale(tmp_path):
+    cfg = load_routing()
+    assert cfg.size_rule == RULE   # data/routing.yaml's values
+    assert cfg.inference_params("gs").size_rule == RULE
+    assert cfg.inference_params("gs").scale == 1.0
+    fixed = cfg.inference_params("gs", Overrides(scale=0.5))
+    assert fixed.size_rule is None and fixed.scale == 0.5
+    assert Overrides(scale=0.5).omnipose_params().scale == 0.5
+    assert Overrides().omnipose_params().scale == 1.0
+    path = tmp_path / "routing.yaml"
+    path.write_text(DEFAULT_ROUTING.read_text().replace("large_target: 60",
+                                                        "large_target: 60\n  target: 3"))
+    with pytest.raises(ConfigError, match="target"):   # an unknown key is an error
+        load_routing(path)
+
+
+def test_scale_flag_takes_a_positive_number():
+    import argparse
+
+    from utils.cli import scale_arg
+    assert scale_arg("0.5") == 0.5
+    for bad in ("0", "-1", "half"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            scale_arg(bad)
