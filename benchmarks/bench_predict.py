@@ -115,8 +115,11 @@ def build_model(ckpt: str | None):
 
 
 def segmenter(args, amp: str) -> AWFSegmenter:
-    """The AWF pipeline with data/routing.yaml's fl settings, ``--conf-thres`` overriding."""
-    params = load_routing().inference_params("fl", Overrides(conf_thres=args.conf_thres))
+    """The AWF pipeline with data/routing.yaml's fl settings, ``--conf-thres`` overriding, at scale
+    1: one pass per image (the size rule off; where it asks for a second pass, that pass costs
+    what one pass costs at its size)."""
+    params = load_routing().inference_params("fl", Overrides(conf_thres=args.conf_thres,
+                                                             scale=1.0))
     return AWFSegmenter(build_model(args.ckpt), "cpu", params, precision=resolve_precision(amp, "cpu"))
 
 

@@ -110,3 +110,15 @@ def test_scale_flag_takes_a_positive_number():
     for bad in ("0", "-1", "half"):
         with pytest.raises(argparse.ArgumentTypeError):
             scale_arg(bad)
+
+
+def test_an_enlargement_stops_where_the_image_would_be_cut_into_chunks():
+    image = blobs((300, 240), 4, [(60, 60), (150, 120), (240, 180)])  # ~8 px: asks for ~2.6x
+    seg = ThresholdSegmenter(RunParams(max_full_size=400))
+    seg.params.size_rule = RULE
+    out = seg.segment(image)
+    assert out.scale == pytest.approx(400 / 300) and seg.regions[1] == (400, 320)
+    assert out.label.shape == (300, 240) and out.n_cells == 3
+    at_limit = ThresholdSegmenter(RunParams(max_full_size=300))
+    at_limit.params.size_rule = RULE
+    assert at_limit.segment(image).scale == 1.0 and len(at_limit.regions) == 1

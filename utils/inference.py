@@ -188,13 +188,17 @@ class Segmenter(abc.ABC):
 
         One pass at ``params.scale`` (:meth:`segment_at`); with a ``size_rule`` in the params
         (AWF), a second pass at the factor the first pass's median diameter asks for
-        (:meth:`utils.sizing.SizeRule.factor`), kept unless it finds no cell. Timings add up."""
-        first = self.segment_at(image, self.params.scale)
-        rule = getattr(self.params, "size_rule", None)
+        (:meth:`utils.sizing.SizeRule.factor`; an enlargement stops at ``max_full_size`` a side),
+        kept unless it finds no cell. Timings add up."""
+        p = self.params
+        first = self.segment_at(image, p.scale)
+        rule = getattr(p, "size_rule", None)
         factor = rule.factor(first.diameter) if rule is not None else 1.0
+        if factor > 1.0:  # enlarging never makes an image chunked (a whole slide stays one pass)
+            factor = max(1.0, min(factor, p.max_full_size / (p.scale * max(image.shape[:2]))))
         if factor == 1.0:
             return first
-        second = self.segment_at(image, self.params.scale * factor)
+        second = self.segment_at(image, p.scale * factor)
         if second.n_cells == 0:
             return first
         timings = {k: first.timings.get(k, 0.0) + v for k, v in second.timings.items()}

@@ -7,7 +7,8 @@ clumps; PhC-PSC cells of ~12 px and the smallest DSB2018 nuclei are missed or me
 is segmented once at its own scale; when the median diameter of what that pass found
 (:func:`utils.inference.median_diameter`) falls outside ``[min_diameter, max_diameter]``, the image
 is resized so that the cells measure ``small_target`` or ``large_target`` px and segmented again.
-Images inside the range cost one pass, as before.
+Images inside the range cost one pass, as before. An enlargement stops where the image would
+exceed ``max_full_size`` a side (utils/inference.py: 2048 px), so a whole slide is never enlarged.
 
 Measured with ckpts/general.pt on the data/cells.yaml validation split (evaluate.py, fixed
 ``--scale`` per source; the values below were chosen on those images): DIC-HeLa 0.724 at scale 1,
