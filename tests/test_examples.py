@@ -4,8 +4,8 @@ import torch
 
 from models.awf import AWF
 from utils.checkpoint import save_checkpoint_atomic
-from utils.examples import EXAMPLES_DIR, IHC_NAME, SYNTHETIC, write_examples
-from utils.io import list_images, read_image, read_label
+from utils.examples import EXAMPLES_DIR, IHC_NAME, REAL, REAL_ROOT, SYNTHETIC, real_crop, write_examples
+from utils.io import list_images, read_image, read_label, write_image
 from utils.modality import classify_modality
 
 # the repository's size budget for examples/ (bytes)
@@ -16,7 +16,7 @@ EXPECTED_MODALITY = {"fl_cells.png": "fl", "bf_stained.jpg": "bf", "gs_phase.png
 
 def test_examples_are_committed_small_and_cover_the_branches():
     files = list_images(EXAMPLES_DIR)
-    assert {p.name for p in files} == set(SYNTHETIC) | {IHC_NAME}
+    assert {p.name for p in files} == set(SYNTHETIC) | set(REAL) | {IHC_NAME}
     assert sum(p.stat().st_size for p in files) < MAX_TOTAL_BYTES
     for path in files:
         assert classify_modality(read_image(path)) == EXPECTED_MODALITY[path.name], path.name
@@ -24,13 +24,34 @@ def test_examples_are_committed_small_and_cover_the_branches():
 
 def test_examples_regenerate_from_the_module(tmp_path):
     paths = write_examples(tmp_path)
-    assert {p.name for p in paths} == {p.name for p in list_images(EXAMPLES_DIR)}
+    expected = {p.name for p in list_images(EXAMPLES_DIR)}
+    if not REAL_ROOT.is_dir():  # a fresh clone without ../shared: the real crop is not rewritten
+        expected -= set(REAL)
+    assert {p.name for p in paths} == expected
     for path in paths:
         new, old = read_image(path), read_image(EXAMPLES_DIR / path.name)
         assert new.shape == old.shape, path.name
         if path.suffix == ".png":  # lossless: the committed file is what the module writes
             diff = np.abs(new.astype(np.int16) - old.astype(np.int16)).mean()
             assert diff < 1.0, f"{path.name} drifted; regenerate: python -m utils.examples"
+
+
+def test_real_crop_scales_16_bit_to_8_bit_and_skips_a_missing_source(tmp_path):
+    rel, (y, x, side) = REAL["gs_phase.png"]
+    assert real_crop("gs_phase.png", tmp_path) is None           # no ../shared/data: skipped
+    rng = np.random.default_rng(0)
+    image = rng.integers(5000, 60000, (y + side + 8, x + side + 8), dtype=np.uint16)
+    image[y, x] = 65535                                          # a saturated pixel, clipped
+    (tmp_path / rel).parent.mkdir(parents=True)
+    write_image(tmp_path / rel, image)
+    crop = real_crop("gs_phase.png", tmp_path)
+    assert crop.shape == (side, side) and crop.dtype == np.uint8
+    assert crop.min() == 0 and crop.max() == 255
+    assert (crop == 255).mean() < 0.01 and (crop == 0).mean() < 0.01   # 0.5% each side saturates
+    # monotone in the raw values: the crop is the image's own window, not another one
+    window = image[y:y + side, x:x + side].astype(np.int64)
+    order = np.argsort(window.ravel())
+    assert np.all(np.diff(crop.ravel()[order].astype(int)) >= 0)
 
 
 def test_predict_runs_on_the_examples(tmp_path, run_script):

@@ -91,3 +91,25 @@ def test_predictions_csv_paths_are_relative_to_the_output_folder(predicted):
     for row in frame.itertuples():
         assert (predicted / row.label_path).resolve() == predicted / f"{row.name}_label.tiff"
         assert (predicted / row.image).resolve() == (REPO / "examples").resolve() / Path(row.image).name
+
+
+def test_the_phase_contrast_example_comes_out_as_separate_whole_cells(predicted):
+    """#13's check on the real Usiigaci crop (examples/gs_phase.png, ~16 fibroblasts of ~40-60 px,
+    several touching): the shipped weights outline whole cells one by one, not clumps and not
+    fragments; with ../shared/data, the challenge metric against the crop's own ground truth."""
+    from skimage.measure import regionprops
+
+    from tests.conftest import SHARED
+    from utils.examples import REAL
+    from utils.metrics import evaluate_pair
+
+    label = read_label(predicted / "gs_phase_label.tiff")
+    areas = np.array([r.area for r in regionprops(label)])
+    assert len(areas) >= 10                                   # one object per cell, not a few clumps
+    assert np.median(2 * np.sqrt(areas / np.pi)) >= 25        # whole cells, not nuclei-sized pieces
+    assert areas.max() < 0.15 * label.size                    # no clump spanning the crop
+    rel, (y, x, side) = REAL["gs_phase.png"]
+    gt_path = SHARED / rel.replace("images/", "labels/").replace(".tif", "_label.tiff")
+    if gt_path.is_file():
+        gt = read_label(gt_path)[y:y + side, x:x + side]
+        assert evaluate_pair(gt, label)[0.5].f1 >= 0.45       # 0.53 with the weights of 2026-12-01
