@@ -123,8 +123,8 @@ def test_router_falls_back_to_general_and_loads_once(tmp_path, caplog):
 def test_routing_yaml_holds_the_shipped_values_and_the_docstring_shows_them():
     cfg = load_routing()
     assert cfg == load_routing(REPO / "data" / "routing.yaml") and DEFAULT_ROUTING.is_file()
-    assert cfg.model_dict == {"bf": "general.pt", "gs": "grayscale.pt", "fl": "fl.pt",
-                              "omni": "omnipose.pt"} and cfg.general == "bf"
+    assert cfg.model_dict == {"general": "general.pt", "bf": "bf.pt", "gs": "grayscale.pt",
+                              "fl": "fl.pt", "omni": "omnipose.pt"} and cfg.general == "general"
     assert cfg.postprocess == {"bf": BranchSettings(0.25, 0.25), "gs": BranchSettings(0.30, 0.25),
                                "fl": BranchSettings(0.30, 0.30)}  # utils.tune_nms's choice
     assert cfg.omni_rule == OmniRule(enabled=True, modalities=["fl"], awf_conf_below=0.0,

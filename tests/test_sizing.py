@@ -7,7 +7,7 @@ from skimage.measure import label as connected
 from utils.config import ConfigError
 from utils.inference import RegionStats, RunParams, Segmenter, median_diameter
 from utils.routing import DEFAULT_ROUTING, Overrides, load_routing
-from utils.sizing import MAX_FACTOR, MIN_FACTOR, SizeRule
+from utils.sizing import FACTOR_STEPS_PER_OCTAVE, MAX_FACTOR, MIN_FACTOR, SizeRule, round_factor
 
 RULE = SizeRule(enabled=True, min_diameter=14, small_target=20, max_diameter=75, large_target=60)
 
@@ -21,6 +21,19 @@ def test_factor_leaves_the_working_range_alone_and_rescales_outside_it():
     off = SizeRule(enabled=False, min_diameter=14, small_target=20, max_diameter=75,
                    large_target=60)
     assert off.factor(5) == off.factor(500) == 1.0
+
+
+def test_factors_lie_on_a_grid_so_that_a_hair_of_difference_gives_the_same_second_pass():
+    # examples/fl_cells.png's first pass: 10.34 px in fp32, 10.41 px in bf16 (general.pt)
+    assert RULE.factor(20 / 1.934) == RULE.factor(20 / 1.922) == pytest.approx(2 ** (11 / 12))
+    for d in np.r_[np.linspace(4, 13.9, 37), np.linspace(75.1, 400, 41)]:
+        f = RULE.factor(float(d))
+        steps = np.log2(f) * FACTOR_STEPS_PER_OCTAVE
+        assert steps == pytest.approx(round(steps), abs=1e-9) or f in (MAX_FACTOR, MIN_FACTOR)
+        target = RULE.small_target if d < RULE.min_diameter else RULE.large_target
+        half_step = 2 ** (0.5 / FACTOR_STEPS_PER_OCTAVE)
+        assert target / half_step - 1e-9 <= d * f <= target * half_step + 1e-9 or f in (MAX_FACTOR, MIN_FACTOR)
+    assert round_factor(1.0) == 1.0 and round_factor(0.25) == 0.25
 
 
 @pytest.mark.parametrize("bad", [dict(min_diameter=80), dict(small_target=10),

@@ -5,8 +5,8 @@ error) and replaces the original framework's edits of predict.py. Its keys, with
 values (tests/test_predict.py checks this block against the file):
 
     ckpt_dir: ckpts
-    model_dict: {bf: general.pt, gs: grayscale.pt, fl: fl.pt, omni: omnipose.pt}
-    general: bf
+    model_dict: {general: general.pt, bf: bf.pt, gs: grayscale.pt, fl: fl.pt, omni: omnipose.pt}
+    general: general
     postprocess:
       bf: {conf_thres: 0.25, iou_thres: 0.25}
       gs: {conf_thres: 0.30, iou_thres: 0.25}
@@ -99,14 +99,14 @@ class RoutingConfig:
     """The routing YAML (see the module docstring): every key required."""
 
     ckpt_dir: str                            # relative to the repository root
-    model_dict: dict[str, str]               # branch (bf / fl / gs / omni) -> checkpoint file
+    model_dict: dict[str, str]               # branch (general / bf / fl / gs / omni) -> checkpoint file
     general: str                             # the branch a missing checkpoint falls back to
     postprocess: dict[str, BranchSettings]   # modality -> detection settings of its AWF branch
     omni_rule: OmniRule
     size_rule: SizeRule                      # AWF branches: a second pass at the cells' scale
 
     def __post_init__(self):
-        bad = set(self.model_dict) - set(MODALITIES) - {"omni"}
+        bad = set(self.model_dict) - set(MODALITIES) - {"general", "omni"}
         if bad:
             raise ValueError(f"model_dict: unknown branch(es) {sorted(bad)}")
         if self.general not in self.model_dict:

@@ -101,7 +101,8 @@ def main(argv=None):
     log_precision(precision, "inference")
     routing = load_routing(args.routing)
     seg = AWFSegmenter(load_model(args.ckpt, kind="awf"), device,
-                       routing.inference_params(routing.general), precision=precision)
+                       # max_det and the post-processing (the same for every modality); conf and iou are swept
+                       routing.inference_params(MODALITIES[0]), precision=precision)
     items = ((s.image.stem, cache.modality(s), cache.image(s), cache.label(s)) for s in samples)
     frame = sweep(seg, list(items), args.conf, args.iou, routing.postprocess, seg.params.post)
     write_table(frame, args.output)
