@@ -43,8 +43,8 @@ SYNTHETIC = {
 # name -> (image under ../shared/data, top-left corner and side (px) of the crop) of the real examples
 REAL = {
     # the window of median F1 (0.571, the held-out routed weights of 9dd20f0) among the 256-px
-    # windows (stride 128) of usi_set15 with at least 6 whole cells; the top-left window scored 0.18 (a merged cluster),
-    # the best 0.91; the whole image 0.724
+    # windows (stride 128) of usi_set15 with at least 6 whole cells; the top-left window scored
+    # 0.18 (a merged cluster), the best 0.91; the whole image 0.724
     "gs_phase.png": ("usiigaci/images/usi_set15.tif", (384, 256, 256)),
 }
 REAL_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
