@@ -46,3 +46,41 @@ def test_shipped_data_files_are_valid(path):
     if path.parent.name == "hyps" or path.name == "routing.yaml":
         return
     load_data_config(path)
+
+
+def test_extends_merges_a_base_whose_paths_keep_their_meaning(tmp_path):
+    base_dir, sub = tmp_path / "base", tmp_path / "base" / "variants"
+    sub.mkdir(parents=True)
+    (base_dir / "b.yaml").write_text(yaml.safe_dump({
+        "path": "../data", "train": ["splits/t.txt", "Folder"], "val": "splits/v.txt",
+        "modality": "gs", "sources": {"a": {"match": "a/*", "share": 0.25}}, "epoch_size": 50}))
+    (sub / "all.yaml").write_text("extends: ../b.yaml\ntrain: [mine.txt]\nepoch_size: 80\n")
+    cfg = load_data_config(sub / "all.yaml")
+    assert cfg.root == (tmp_path / "data").resolve()            # BASE's path, from BASE's folder
+    assert cfg.train == ["mine.txt"] and cfg.epoch_size == 80     # the file's own keys win, whole
+    assert cfg.val == [str(base_dir / "splits/v.txt")]           # inherited split file: BASE's folder
+    assert cfg.modality == "gs" and cfg.sources["a"].share == 0.25
+    (base_dir / "b2.yaml").write_text("extends: b.yaml\nval: [Folder]\n")   # same folder: as written
+    cfg2 = load_data_config(base_dir / "b2.yaml")
+    assert cfg2.train == ["splits/t.txt", "Folder"] and cfg2.val == ["Folder"]
+
+
+def test_extends_errors_name_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\npath: .\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_data_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml: no such file"):
+        load_data_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("path: .\nextend: a.yaml\n")
+    with pytest.raises(ConfigError, match="extend"):
+        load_data_config(tmp_path / "d.yaml")
+
+
+def test_the_train_on_everything_files_add_only_the_validation_images():
+    for name in ("cells", "cells_bf", "cells_fl", "cells_gs", "real"):
+        split, full = load_data_config(REPO / f"data/{name}.yaml"), load_data_config(REPO / f"data/{name}_all.yaml")
+        assert full.train == split.train + split.val, name
+        assert (full.val, full.sources, full.modality, full.epoch_size, full.root) == \
+            (split.val, split.sources, split.modality, split.epoch_size, split.root), name

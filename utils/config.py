@@ -215,10 +215,51 @@ class DataConfig:
         return p if p.is_absolute() else (Path(self.yaml_dir) / p).resolve()
 
 
-def load_data_config(path) -> DataConfig:
-    """Load a dataset YAML; relative paths resolve against the YAML file's folder."""
+_SPLIT_KEYS = ("train", "val", "unlabeled", "pseudo")   # entries: split files or folders
+
+
+def _rebased(data: dict, src: Path, dst: Path) -> dict:
+    """``data``'s relative ``path`` and split/CSV entries, read in folder ``src``, for folder ``dst``."""
+    if src == dst:
+        return data
+    out = dict(data)
+    if "path" in out and not Path(str(out["path"])).expanduser().is_absolute():
+        out["path"] = str((src / Path(str(out["path"])).expanduser()).resolve())
+    for key in _SPLIT_KEYS:
+        entries = out.get(key)
+        if isinstance(entries, (str, list)):
+            entries = [entries] if isinstance(entries, str) else entries
+            out[key] = [str(src / e) if isinstance(e, str) and e.lower().endswith((".txt", ".csv"))
+                        and not Path(e).expanduser().is_absolute() else e for e in entries]
+    return out
+
+
+def _data_mapping(path: Path, chain: tuple = ()) -> dict:
+    """The mapping of a dataset YAML, with ``extends: BASE.yaml`` merged: its keys override BASE's."""
+    path = path.resolve()
+    if path in chain:
+        raise ConfigError(f"{chain[0]}: extends forms a cycle through {path}")
     data = load_yaml(path)
     if "yaml_dir" in data:
         raise ConfigError(f"{path}: unknown key(s) yaml_dir")
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: extends must be the path of a dataset YAML")
+    base_path = (path.parent / Path(base).expanduser()).resolve()
+    merged = _rebased(_data_mapping(base_path, chain + (path,)), base_path.parent, path.parent)
+    merged.update(data)
+    return merged
+
+
+def load_data_config(path) -> DataConfig:
+    """Load a dataset YAML; relative paths resolve against the YAML file's folder.
+
+    ``extends: BASE.yaml`` (relative to the file) starts from BASE's keys, which the file's own
+    keys replace whole (a ``train`` list replaces BASE's list, ``sources`` its mapping); BASE's
+    relative paths keep pointing where they pointed from BASE's folder.
+    """
+    data = _data_mapping(Path(path))
     data["yaml_dir"] = str(Path(path).resolve().parent)
     return from_dict(DataConfig, data, str(path))
