@@ -121,4 +121,4 @@ def test_the_phase_contrast_example_comes_out_as_separate_whole_cells(predicted)
     gt_path = SHARED / rel.replace("images/", "labels/").replace(".tif", "_label.tiff")
     if gt_path.is_file():
         gt = read_label(gt_path)[y:y + side, x:x + side]
-        assert evaluate_pair(gt, label)[0.5].f1 >= 0.45  # 0.571 held out, 0.533 retrained on all
+        assert evaluate_pair(gt, label)[0.5].f1 >= 0.45  # 0.571 held out; 0.625 retrained on all
