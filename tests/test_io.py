@@ -1,4 +1,6 @@
 """Image and label I/O: every format and dtype of the challenge data, and bad inputs."""
+import warnings
+
 import numpy as np
 import pytest
 import tifffile
@@ -22,7 +24,7 @@ def _image(dtype, channels, h=40, w=50):
 @pytest.mark.parametrize("channels", [1, 2, 3, 4])
 def test_tiff_roundtrip_channel_last(tmp_path, dtype, channels):
     img = _image(dtype, channels)
-    tifffile.imwrite(tmp_path / "x.tif", img)
+    tifffile.imwrite(tmp_path / "x.tif", img, photometric="rgb" if channels in (3, 4) else None)
     out = read_image(tmp_path / "x.tif")
     assert out.shape == (40, 50, channels) and out.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(out.reshape(img.shape), img)
@@ -30,10 +32,23 @@ def test_tiff_roundtrip_channel_last(tmp_path, dtype, channels):
     assert net.shape == (40, 50, 3) and net.dtype == np.uint8
 
 
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_write_image_tiff_roundtrip_says_rgb(tmp_path, channels):
+    """write_image names RGB(A) TIFFs as such (tifffile's default for them is deprecated)."""
+    img = _image(np.float32, channels)   # float and int16 RGB are where tifffile warns
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        write_image(tmp_path / "w.tif", img)
+    np.testing.assert_array_equal(read_image(tmp_path / "w.tif").reshape(img.shape), img)
+    if channels > 1:
+        assert tifffile.TiffFile(tmp_path / "w.tif").pages[0].photometric == tifffile.PHOTOMETRIC.RGB
+
+
 @pytest.mark.parametrize("channels", [2, 3, 4])
 def test_tiff_channel_first_is_detected(tmp_path, channels):
     img = _image(np.uint16, channels)
-    tifffile.imwrite(tmp_path / "x.tiff", np.moveaxis(img, -1, 0))
+    rgb = {"photometric": "rgb", "planarconfig": "separate"} if channels in (3, 4) else {}
+    tifffile.imwrite(tmp_path / "x.tiff", np.moveaxis(img, -1, 0), **rgb)   # planes, as Fiji's
     out = read_image(tmp_path / "x.tiff")
     np.testing.assert_array_equal(out, img)
 

@@ -419,7 +419,8 @@ def write_image(path, img: np.ndarray) -> None:
     path = Path(path)
     with atomic_write(path) as tmp:
         if path.suffix.lower() in (".tif", ".tiff"):
-            tifffile.imwrite(str(tmp), img)
+            rgb = img.ndim == 3 and img.shape[2] in (3, 4)   # say so: tifffile's default will change
+            tifffile.imwrite(str(tmp), img, photometric="rgb" if rgb else None)
         else:
             arr = img
             if img.ndim == 3 and img.shape[2] in (3, 4):  # OpenCV writes BGR(A)
