@@ -48,7 +48,7 @@ def test_write_image_tiff_roundtrip_says_rgb(tmp_path, channels):
 def test_tiff_channel_first_is_detected(tmp_path, channels):
     img = _image(np.uint16, channels)
     rgb = {"photometric": "rgb", "planarconfig": "separate"} if channels in (3, 4) else {}
-    tifffile.imwrite(tmp_path / "x.tiff", np.moveaxis(img, -1, 0), **rgb)   # planes, as Fiji's
+    tifffile.imwrite(tmp_path / "x.tiff", np.moveaxis(img, -1, 0), **rgb)   # channel planes
     out = read_image(tmp_path / "x.tiff")
     np.testing.assert_array_equal(out, img)
 
