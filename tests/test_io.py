@@ -245,3 +245,16 @@ def test_tiff_axes_metadata_decides_channels(tmp_path, caplog):
     assert "3 pages without axes metadata" in caplog.text  # not silent any more
     # a singleton spatial axis is not squeezed away: 2x2 is the smallest image
     assert read_image(_tiff(tmp_path / "two.tif", np.ones((2, 2), np.uint8))).shape == (2, 2, 1)
+
+
+def test_select_channels_cellpose_convention():
+    """chan/chan2 are 1-based (0 = grey mean); the pair keeps (cytoplasm, nucleus) in that order,
+    and a channel the image lacks is a one-line InputError naming the file."""
+    from utils.io import InputError, select_channels
+    img = np.stack([np.full((4, 5), v, np.uint16) for v in (10, 20, 60)], axis=2)
+    assert select_channels(img, 2).shape == (4, 5, 1) and (select_channels(img, 2) == 20).all()
+    assert np.allclose(select_channels(img, 0), 30.0)
+    pair = select_channels(img, 3, 1)
+    assert pair.shape == (4, 5, 2) and (pair[..., 0] == 60).all() and (pair[..., 1] == 10).all()
+    with pytest.raises(InputError, match="x.tif.*3 channel"):
+        select_channels(img, 1, 4, source="x.tif")

@@ -294,9 +294,38 @@ def normalize_image(img: np.ndarray, lower: float = NORM_LOWER_PERCENTILE,
     return out
 
 
-def load_image(path) -> np.ndarray:
-    """Path -> network image ``(H, W, 3) uint8`` (read + percentile normalisation)."""
-    return normalize_image(read_image(path))
+def select_channels(img: np.ndarray, chan: int, chan2: int = 0, source="array") -> np.ndarray:
+    """Cellpose's channel choice on a raw ``(H, W, C)`` image -> ``(H, W, 1)`` or ``(H, W, 2)``.
+
+    ``chan``: the channel of the cytoplasm / membrane (or of the nuclei, for nuclei alone), 1-based
+    (1 = red, 2 = green, 3 = blue, 4 = the fourth), or 0 = grey (the mean of all channels).
+    ``chan2``: the nuclear channel, 1-based, or 0 = none. With both, the result holds (chan, chan2),
+    which :func:`normalize_image` puts in green and blue like any two-stain image. A channel the
+    image does not have is an :class:`InputError` naming ``source``.
+    """
+    if img.ndim == 2:
+        img = img[..., None]
+    n = img.shape[2]
+    picked = []
+    for which, c in (("chan", chan), ("chan2", chan2)):
+        if not 0 <= c <= MAX_CHANNELS:
+            raise InputError(source, f"--{which} {c}: channels are 0 (grey) or 1..{MAX_CHANNELS}")
+        if c > n:
+            raise InputError(source, f"--{which} {c}: the image has {n} channel(s)")
+    picked.append(img.astype(np.float32).mean(axis=2, keepdims=True) if chan == 0
+                  else img[..., chan - 1:chan])
+    if chan2:
+        picked.append(img[..., chan2 - 1:chan2].astype(picked[0].dtype))
+    return np.concatenate(picked, axis=2) if len(picked) > 1 else picked[0]
+
+
+def load_image(path, channels: tuple[int, int] | None = None) -> np.ndarray:
+    """Path -> network image ``(H, W, 3) uint8`` (read, ``channels`` = (chan, chan2) selected as
+    :func:`select_channels` does when given, percentile normalisation)."""
+    raw = read_image(path)
+    if channels is not None:
+        raw = select_channels(raw, *channels, source=path)
+    return normalize_image(raw)
 
 
 def read_label(path, shape: tuple[int, int] | None = None) -> np.ndarray:
