@@ -153,3 +153,13 @@ def test_validation_summary_per_modality_and_source():
     assert out["fitness"] == out["f1"] == 0.5
     assert out["f1_gs"] == 0.75 and out["f1_fl"] == 0.0
     assert out["f1_src_dic"] == 1.0 and out["f1_src_psc"] == 0.5 and "f1_src_" not in out
+
+
+def test_time_budget_sets_the_epochs_after_the_first(tmp_path, synthetic_data, run_script):
+    """--time: the epochs that fit the budget at the first epoch's pace (a tiny budget: one),
+    saved in the checkpoint's options, so the run ends early with its checkpoints written."""
+    run_script(["train_main.py", "--data", synthetic_data, *COMMON, "--epochs", "50",
+                "--time", "0.001", "--project", tmp_path, "--name", "t"])
+    ckpt = _weights(tmp_path / "t" / "weights" / "last.pt")
+    assert ckpt["opt"]["epochs"] == 1 and ckpt["epoch"] == 0
+    assert len(pd.read_csv(tmp_path / "t" / "results.csv")) == 1

@@ -2,9 +2,10 @@
 
 Everything happens at the image's native scale (the network segments at native scale): a mosaic of
 4 images or one image is cut to an ``S x S`` window by ONE ``cv2.warpAffine`` (random scale, shift,
-rotation, shear; image bilinear, label nearest), then flipped / rotated by 90 degrees and jittered
-in intensity as suits its modality. Boxes are never transformed: callers recompute them from the
-returned label map (``utils.boxes.label_to_boxes``), so boxes, label and dense targets always agree.
+rotation, shear; image bilinear, label nearest), then flipped / rotated by 90 degrees, jittered
+in intensity as suits its modality and given the appearance changes of ``utils.appearance``.
+Boxes are never transformed: callers recompute them from the returned label map
+(``utils.boxes.label_to_boxes``), so boxes, label and dense targets always agree.
 
 Arrays: image ``(H, W, 3) uint8`` RGB, label ``(H, W) int32`` (0 = background), ignore
 ``(H, W) bool`` (True = excluded from the loss) or None. All randomness comes from the
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from utils.appearance import jitter_appearance
 from utils.config import Hyp
 from utils.labels import remove_small
 
@@ -342,6 +344,7 @@ def augment_tiles(tiles: list[Tile], size: int, hyp: Hyp, rng: np.random.Generat
     out = window_transform(src, M, size, bg, cut)
     out = random_flip_rot90(out, hyp, rng)
     out.img = jitter_intensity(out.img, out.modality, hyp, rng)
+    out.img = jitter_appearance(out.img, out.modality, hyp, rng)
     return out
 
 

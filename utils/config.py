@@ -154,6 +154,13 @@ class Hyp:
     mosaic: float = 1.0
     rot90: float = 0.5          # probability of a random 90-degree rotation (microscopy has no "up")
     multiscale: float = 0.0     # train at img * U(1 - m, 1 + m), rounded to the stride; 0 = off
+    # appearance augmentation (utils.appearance): probabilities, 0 = off
+    invert: float = 0.0         # grey tiles: intensity inversion (dark <-> bright cells)
+    colour_place: float = 0.0   # grey tiles: moved to one random colour channel
+    channel_shuffle: float = 0.0  # colour fluorescence tiles: channels permuted
+    stain: float = 0.0          # colour brightfield tiles: H&E (HED) stain jitter
+    blur: float = 0.0           # Gaussian blur
+    noise: float = 0.0          # additive Gaussian noise
     # weakly-supervised stage: pseudo labels under this confidence are ignored by the loss
     pseudo_conf: float = 0.0
     loss: dict = field(default_factory=dict)
@@ -161,7 +168,8 @@ class Hyp:
     def __post_init__(self):
         if self.optimizer not in ("SGD", "Adam", "AdamW"):
             raise ValueError(f"optimizer must be SGD, Adam or AdamW, got {self.optimizer}")
-        for name in ("mosaic", "flipud", "fliplr", "rot90"):
+        for name in ("mosaic", "flipud", "fliplr", "rot90", "invert", "colour_place",
+                     "channel_shuffle", "stain", "blur", "noise"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} is a probability in [0, 1]")
         if not 0.0 <= self.multiscale < 1.0:

@@ -409,14 +409,16 @@ class Trainer:
         LOGGER.info("training %s for %d epochs from epoch %d on %s, %d rank(s), batch %d per rank, "
                     "results in %s", self.task.kind, opt.epochs, self.start_epoch + 1, self.device,
                     info.world_size, self.batch_per_rank, self.save_dir)
-        for epoch in range(self.start_epoch, opt.epochs):
+        t_start, epoch = time.time(), self.start_epoch
+        while epoch < opt.epochs:
             t0 = time.time()
             row = {"epoch": epoch, **self._train_epoch(epoch, nw)}
             row["lr"] = self.optimizer.param_groups[1]["lr"]
             self.scheduler.step()
             stop = False
             if info.is_main:
-                last = epoch + 1 == opt.epochs
+                out_of_time = self._out_of_time(t_start, time.time() - t0, epoch)
+                last = epoch + 1 == opt.epochs or out_of_time
                 metrics = {}
                 if (epoch + 1) % max(opt.val_period, 1) == 0 or last:
                     metrics = self.task.validate(self.ema.ema, self.device)
@@ -428,14 +430,44 @@ class Trainer:
                 row["seconds"] = round(time.time() - t0, 2)
                 self._log_row(row)  # before the checkpoint: a kill in between re-runs this epoch
                 self._save(epoch, improved)
-                stop = stopper(epoch, self.best_epoch)
+                stop = stopper(epoch, self.best_epoch) or out_of_time
             stop = du.broadcast_object(stop, info)
             if stop:
                 break
+            if opt.time > 0 and epoch == 0 and not opt.resume:
+                nw = self._fit_epochs_to_time(time.time() - t_start, nb)
+            epoch += 1
         du.barrier(info)
         du.cleanup(info)
         best = self.wdir / "best.pt"
         return best if best.exists() else self.wdir / "last.pt"
+
+    def _out_of_time(self, t_start: float, epoch_s: float, epoch: int) -> bool:
+        """``--time``: True when another epoch as long as this one would end past the budget
+        (the pace can change after the first epoch: another job on the machine); never on the
+        first epoch, which sets the number of epochs."""
+        if self.opt.time <= 0 or epoch == self.start_epoch:
+            return False
+        if time.time() - t_start + epoch_s <= self.opt.time * 60.0:
+            return False
+        LOGGER.info("--time %.1f min: budget reached after epoch %d of %d", self.opt.time,
+                    epoch + 1, self.opt.epochs)
+        return True
+
+    def _fit_epochs_to_time(self, first_epoch_s: float, nb: int) -> int:
+        """``--time``: set ``opt.epochs`` to the epochs that fit the budget at the first epoch's
+        pace (rank 0's measure, shared), rebuild the learning-rate schedule over them (the
+        scheduler keeps its step count) and return the warm-up length in iterations."""
+        opt = self.opt
+        fit = max(1, int(opt.time * 60.0 / max(first_epoch_s, 1e-6)))
+        opt.epochs = int(du.broadcast_object(fit, self.info))
+        self.lf = lr_lambda(self.hyp, opt.epochs, opt.cos_lr)
+        self.scheduler.lr_lambdas = [self.lf] * len(self.optimizer.param_groups)
+        for group in self.optimizer.param_groups:  # the next epoch's lr on the new schedule
+            group["lr"] = group["initial_lr"] * self.lf(1)
+        LOGGER.info("--time %.1f min: first epoch %.1f s, training %d epochs", opt.time,
+                    first_epoch_s, opt.epochs)
+        return warmup_iters(self.hyp.warmup_epochs, nb, opt.epochs)
 
     def _log_row(self, row: dict) -> None:
         path = self.save_dir / "results.csv"

@@ -50,6 +50,8 @@ class TrainOptions:
     amp: str = option("auto", "precision (utils.precision): auto = fp16 on CUDA, bf16 + "
                               "channels_last on a CPU with native bf16, else fp32; off = fp32",
                       choices=list(MODES) + ["off"])
+    time: float = option(0.0, "training time budget in minutes: after the first epoch, --epochs "
+                              "becomes what fits in it (YOLOv8's --time); 0 = --epochs as given")
     val_period: int = option(1, "validate every N epochs")
     cache_images: bool = option(False, "keep decoded images in RAM")
     save_dir: str = ""  # the run's folder, set by the engine (not a flag)

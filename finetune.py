@@ -1,0 +1,76 @@
+"""Finetune the shipped weights on a few labelled images of your own: "my images look different".
+
+    python finetune.py -i MY/images -l MY/labels               # 1 to 10 images, ~10 min on a CPU
+    python finetune.py -i MY/images --chan 2 --chan2 3         # membrane/cytoplasm + nuclei
+    python predict.py -i MY/new_images -o out --ckpt runs/finetune/exp/finetuned.pt
+
+Labels: labels/NAME_label.tiff (challenge layout), or Cellpose's NAME_masks.tif / NAME_masks.png /
+NAME_seg.npy (in the labels folder or beside the images). With 3 images or more, one in five (at
+least one) is held back: the best epoch is chosen on it and the F1 before and after is measured on
+it; with fewer, both are measured on the training images (optimistic). Writes
+runs/finetune/NAME/finetuned.pt (fp16, for predict.py --ckpt and Predictor.from_config) and
+finetune.yaml (the figures); the training run itself is in runs/finetune/NAME/train/.
+"""
+import argparse
+import sys
+
+from utils.cli import setup_logging
+from utils.errors import exit_on_error
+from utils.finetune import FinetuneOptions, run_finetune
+from utils.precision import MODES
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    d = FinetuneOptions(images="")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[2:]))
+    p.add_argument("-i", "--images", required=True, help="folder of your labelled images")
+    p.add_argument("-l", "--labels", default=None,
+                   help="folder of their labels (default: the images' ../labels if it exists, "
+                        "else the images folder)")
+    p.add_argument("--weights", default=d.weights,
+                   help="checkpoint to start from (default auto: the shipped branch of the "
+                        "images' modality)")
+    p.add_argument("--chan", type=int, default=None,
+                   help="channel of the cytoplasm/membrane (or nuclei alone): 1=red 2=green "
+                        "3=blue 4=fourth, 0=grey (default: the image as it is)")
+    p.add_argument("--chan2", type=int, default=d.chan2,
+                   help="nuclear channel with --chan (0 = none; default 0)")
+    p.add_argument("--minutes", type=float, default=d.minutes,
+                   help=f"time budget in minutes, scoring included (default {d.minutes:g})")
+    p.add_argument("--epochs", type=int, default=d.epochs,
+                   help="a fixed number of epochs of 8 batches instead of --minutes (default: "
+                        "from --minutes)")
+    p.add_argument("--val", nargs="*", default=[],
+                   help="image names (stems) to hold back for validation (default: chosen)")
+    p.add_argument("--img", type=int, default=d.img, help=f"crop size (default {d.img})")
+    p.add_argument("--batch", type=int, default=d.batch, help=f"batch size (default {d.batch})")
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help=f"dataloader workers (default {d.workers})")
+    p.add_argument("--device", default=d.device,
+                   help="cuda device (0) or cpu (default: the first GPU, else the CPU)")
+    p.add_argument("--amp", default=d.amp, choices=list(MODES) + ["off"],
+                   help="precision (default auto: bf16 on a CPU with native bf16, fp16 on CUDA)")
+    p.add_argument("--name", default=d.name, help="run folder runs/finetune/NAME (NAME2, ...)")
+    p.add_argument("--project", default=d.project, help=f"folder of the runs (default {d.project})")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default 0)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    opt = FinetuneOptions(**vars(args))
+    r = exit_on_error(run_finetune, opt)
+    where = "held-back image(s)" if r.held_out else "training image(s), optimistic"
+    print(f"F1 before {r.before:.3f} -> after {r.after:.3f} on {len(r.scored_on)} {where}: "
+          f"{', '.join(r.scored_on)}")
+    chans = "" if opt.chan is None else f" --chan {opt.chan} --chan2 {opt.chan2}"
+    print(f"{r.epochs} epochs in {r.minutes:.1f} min; weights: {r.weights}\n"
+          f"predict with: python predict.py -i IMAGES -o OUTPUT --ckpt {r.weights}{chans}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""finetune.py: a user's few labelled images (challenge or Cellpose layout) -> finetuned weights
+that predict.py loads; pairing, splitting, safe _seg.npy reading, one-line refusals."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from utils.finetune import split_pairs
+from utils.io import InputError, read_label, write_label
+from utils.synthetic import write_dataset
+from utils.user_labels import find_pairs, read_seg_npy, read_user_label
+
+FAST = ["--epochs", "1", "--img", "64", "--batch", "2", "--workers", "0", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def challenge_set(tmp_path_factory):
+    """4 fluorescence images with labels/NAME_label.tiff (the challenge layout)."""
+    return write_dataset(tmp_path_factory.mktemp("ft") / "set", 4, modalities=("fl",),
+                         size=(80, 80), seed=2, size_range=(14, 24))
+
+
+def cellpose_copy(src, dst):
+    """The same images in Cellpose's layout: masks beside the images, as _masks.tif, _masks.png
+    and _seg.npy."""
+    dst.mkdir()
+    images = sorted((src / "images").iterdir())
+    for i, image in enumerate(images):
+        shutil.copy(image, dst / image.name)
+        label = read_label(src / "labels" / f"{image.stem}_label.tiff")
+        if i == 0:
+            np.save(dst / f"{image.stem}_seg.npy", {"masks": label.astype(np.uint16),
+                    "outlines": np.zeros_like(label), "filename": image.name, "est_diam": 20.0,
+                    "flows": [np.zeros((3,) + label.shape, np.uint8)], "chan_choose": [0, 0]},
+                    allow_pickle=True)
+        elif i == 1:
+            import cv2
+            cv2.imwrite(str(dst / f"{image.stem}_masks.png"), label.astype(np.uint16))
+        else:
+            tifffile.imwrite(dst / f"{image.stem}_masks.tif", label.astype(np.uint16))
+    return dst
+
+
+def test_finetune_end_to_end_then_predict(tmp_path, challenge_set, run_script):
+    proc = run_script(["finetune.py", "-i", challenge_set / "images", *FAST,
+                       "--project", tmp_path / "runs", "--name", "ft"])
+    weights = tmp_path / "runs" / "ft" / "finetuned.pt"
+    assert weights.is_file()
+    assert "F1 before" in proc.stdout and "-> after" in proc.stdout and "held-back" in proc.stdout
+    ckpt = torch.load(weights, map_location="cpu", weights_only=True)
+    assert ckpt["kind"] == "awf" and "finetune.py" in ckpt["note"]
+    # the training images of the run: 3 trained on, 1 held back (MIN_VAL_PAIRS = 3)
+    assert len(list((tmp_path / "runs" / "ft" / "data" / "train" / "images").iterdir())) == 3
+    assert len(list((tmp_path / "runs" / "ft" / "data" / "val" / "images").iterdir())) == 1
+    out = tmp_path / "pred"
+    run_script(["predict.py", "-i", challenge_set / "images", "-o", out, "--ckpt", weights,
+                "--device", "cpu"])
+    labels = sorted(out.glob("*_label.tiff"))
+    assert len(labels) == 4 and all(read_label(p).shape == (80, 80) for p in labels)
+
+
+def test_cellpose_layout_is_read(tmp_path, challenge_set):
+    folder = cellpose_copy(challenge_set, tmp_path / "cp")
+    pairs = find_pairs(folder)
+    assert [p[0].name for p in pairs] == sorted(p.name for p in (challenge_set / "images").iterdir())
+    assert [p[1].name.split("_", 2)[-1] for p in pairs] == ["seg.npy", "masks.png", "masks.tif",
+                                                            "masks.tif"]
+    for image, label in pairs:
+        truth = read_label(challenge_set / "labels" / f"{image.stem}_label.tiff")
+        assert np.array_equal(read_user_label(label, truth.shape), truth)
+
+
+def test_finetune_on_cellpose_layout_runs(tmp_path, challenge_set, run_script):
+    folder = cellpose_copy(challenge_set, tmp_path / "cp")
+    run_script(["finetune.py", "-i", folder, *FAST, "--project", tmp_path / "runs"])
+    assert (tmp_path / "runs" / "exp" / "finetuned.pt").is_file()
+
+
+def test_mismatched_pair_is_refused_in_one_line(tmp_path, challenge_set, run_script):
+    bad = shutil.copytree(challenge_set, tmp_path / "bad")
+    name = sorted((bad / "images").iterdir())[1].stem
+    write_label(bad / "labels" / f"{name}_label.tiff", np.ones((40, 50), np.int32))
+    proc = run_script(["finetune.py", "-i", bad / "images", *FAST, "--project", tmp_path / "r"],
+                      check=False)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert name in last and "does not match" in last
+    assert not (tmp_path / "r" / "exp" / "finetuned.pt").exists()
+
+
+def test_unlabelled_image_is_refused_in_one_line(tmp_path, challenge_set, run_script):
+    bad = shutil.copytree(challenge_set, tmp_path / "bad")
+    name = sorted((bad / "images").iterdir())[0].stem
+    (bad / "labels" / f"{name}_label.tiff").unlink()
+    proc = run_script(["finetune.py", "-i", bad / "images", *FAST, "--project", tmp_path / "r"],
+                      check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert name in last and "no label" in last
+
+
+def test_label_files_are_not_taken_for_images(tmp_path, challenge_set):
+    folder = cellpose_copy(challenge_set, tmp_path / "cp")
+    (folder / "x_overlay.png").write_bytes((folder / sorted(os.listdir(folder))[0]).read_bytes())
+    assert all(not p[0].stem.endswith(("_masks", "_overlay")) for p in find_pairs(folder))
+
+
+def test_seg_npy_runs_no_code(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    np.save(tmp_path / "a_seg.npy", np.array({"masks": Evil()}, dtype=object), allow_pickle=True)
+    with pytest.raises(InputError, match="a_seg.npy"):
+        read_seg_npy(tmp_path / "a_seg.npy")
+    assert not marker.exists()
+
+
+def test_split_pairs_holds_back_from_three():
+    pairs = [(__import__("pathlib").Path(f"im{i}.png"), None) for i in range(10)]
+    assert split_pairs(pairs[:2]) == (pairs[:2], [])
+    train, held = split_pairs(pairs[:3])
+    assert len(train) == 2 and len(held) == 1
+    train, held = split_pairs(pairs)
+    assert len(held) == 2 and not set(held) & set(train)
+    train, held = split_pairs(pairs, val=["im4"])
+    assert held == [pairs[4]] and len(train) == 9
+    with pytest.raises(InputError, match="nope"):
+        split_pairs(pairs, val=["nope"])

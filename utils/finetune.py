@@ -1,0 +1,249 @@
+"""Finetune the shipped AWF weights on a handful of a user's labelled images (finetune.py).
+
+The answer to "my images look different": 1 to 10 labelled images of the new kind, a few minutes
+on a CPU. Steps, each a function:
+
+1. :func:`utils.user_labels.find_pairs`: images and their labels (challenge or Cellpose layout);
+2. :func:`split_pairs`: with MIN_VAL_PAIRS images or more, some are held back to validate on;
+3. :func:`prepare_dataset`: the images (channels selected, cells resized into the AWF's working
+   range of diameters as the size rule does at prediction) and their labels written as a
+   challenge-layout dataset with a dataset YAML, in the run folder;
+4. :func:`start_weights`: the shipped branch of the images' modality (or the ``--weights`` given);
+5. the training engine (``utils.engine.run_training``, the AWF task, data/hyps/hyp.finetune.yaml),
+   for ``minutes`` of training (``--time``: the epochs that fit, measured on the first one);
+6. :func:`score_checkpoint` before and after: the challenge metric on the held-back images
+   (else the training images), through predict.py's own pipeline (utils.routing.Router), on the
+   original images;
+7. the finetuned weights stripped to ``finetuned.pt`` (fp16 EMA), which predict.py --ckpt and the
+   Python API load.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+from utils.checkpoint import strip_checkpoint
+from utils.config import REPO_ROOT
+from utils.inference import median_diameter
+from utils.io import InputError, normalize_image, select_channels, write_image, write_label
+from utils.metrics import match_instances
+from utils.modality import classify_modality
+from utils.routing import Overrides, Router, load_routing
+from utils.user_labels import find_pairs, read_pair
+
+LOGGER = logging.getLogger(__name__)
+
+# The hyperparameters of a few-image finetuning (schedule, augmentation).
+FINETUNE_HYP = REPO_ROOT / "data" / "hyps" / "hyp.finetune.yaml"
+# Batches per epoch (crops of the few images): 8 batches of --batch, so that --time measures a
+# whole epoch within seconds and validation (one image or two) runs often.
+EPOCH_BATCHES = 8
+# From this many labelled images on, VAL_FRACTION of them (at least one) are held back to choose
+# the best epoch and to report the F1 after finetuning on images it did not train on.
+MIN_VAL_PAIRS = 3
+VAL_FRACTION = 0.2
+# Minutes kept out of the budget for the scoring before and after (a few images each).
+SCORING_RESERVE_MIN = 0.5
+
+
+@dataclass
+class FinetuneOptions:
+    """What finetune.py's flags set (see its --help)."""
+
+    images: str
+    labels: str | None = None
+    weights: str = "auto"
+    chan: int | None = None
+    chan2: int = 0
+    minutes: float = 10.0
+    epochs: int = 0                 # > 0: a fixed number of epochs instead of ``minutes``
+    img: int = 256
+    batch: int = 8
+    workers: int = 1
+    device: str = ""
+    amp: str = "auto"
+    name: str = "exp"
+    project: str = "runs/finetune"
+    seed: int = 0
+    val: list[str] = field(default_factory=list)   # image stems to hold back (default: chosen)
+
+
+@dataclass
+class FinetuneResult:
+    """F1 (challenge metric, mean over images) before and after, and where the weights went."""
+
+    before: float
+    after: float
+    scored_on: list[str]            # image names scored
+    held_out: bool                  # True: images not trained on; False: the training images
+    weights: Path                   # finetuned.pt
+    start: Path                     # the weights finetuning started from
+    epochs: int
+    minutes: float
+    resize: float                   # resize factor of the training images (1 = as given)
+
+
+def split_pairs(pairs: list, val: list[str] | None = None, seed: int = 0):
+    """``(train, held back)`` pairs. Named stems (``val``) are held back; otherwise, with
+    MIN_VAL_PAIRS pairs or more, ``round(VAL_FRACTION * n)`` (at least 1) chosen by ``seed``."""
+    if val:
+        held = [p for p in pairs if p[0].stem in set(val)]
+        missing = set(val) - {p[0].stem for p in held}
+        if missing:
+            raise InputError(", ".join(sorted(missing)), "--val names no image of the input")
+    elif len(pairs) >= MIN_VAL_PAIRS:
+        k = max(1, round(VAL_FRACTION * len(pairs)))
+        order = np.random.default_rng(seed).permutation(len(pairs))[:k]
+        held = [pairs[i] for i in sorted(order)]
+    else:
+        held = []
+    train = [p for p in pairs if p not in held]
+    if not train:
+        raise InputError(pairs[0][0].parent, "every image is held back: none left to train on")
+    return train, held
+
+
+def load_pair(image: Path, label: Path, channels: tuple[int, int] | None):
+    """Raw image (channels selected when given) and label map of one pair."""
+    raw, lab = read_pair(image, label)
+    if channels is not None:
+        raw = select_channels(raw, *channels, source=image)
+    return raw, lab
+
+
+def resize_factor(labels: list[np.ndarray]) -> float:
+    """The size rule's factor (data/routing.yaml ``size_rule``) for the median cell diameter of
+    the labels: the training images are resized by it, as prediction resizes such images."""
+    diameters = [median_diameter(lab) for lab in labels if lab.max() > 0]
+    if not diameters:
+        return 1.0
+    return load_routing().size_rule.factor(float(np.median(diameters)))
+
+
+def _resized(raw: np.ndarray, label: np.ndarray, factor: float):
+    if factor == 1.0:
+        return raw, label
+    h, w = label.shape
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+    img = cv2.resize(raw, size, interpolation=interp)
+    return img.reshape(img.shape[:2] + raw.shape[2:]), cv2.resize(
+        label, size, interpolation=cv2.INTER_NEAREST)
+
+
+def _write_raw(path: Path, raw: np.ndarray) -> Path:
+    """A raw image as a TIFF read back identically by utils.io.read_image (2 channels: ImageJ
+    CYX; 1 channel: 2D; 3 or 4: RGB(A))."""
+    import tifffile
+    from utils.io import atomic_write
+    path = path.with_suffix(".tif")
+    if raw.ndim == 3 and raw.shape[2] == 2:
+        data = np.ascontiguousarray(raw.transpose(2, 0, 1))
+        if data.dtype not in (np.uint8, np.uint16, np.float32):
+            data = data.astype(np.float32)
+        with atomic_write(path) as tmp:
+            tifffile.imwrite(str(tmp), data, imagej=True, metadata={"axes": "CYX"})
+    else:
+        write_image(path, raw[..., 0] if raw.ndim == 3 and raw.shape[2] == 1 else raw)
+    return path
+
+
+def prepare_dataset(train: list, held: list, root: Path, channels, factor: float,
+                    epoch_size: int) -> Path:
+    """Write ``root/{train,val}/{images,labels}`` and ``root/data.yaml`` (a dataset YAML of
+    ``epoch_size`` samples per epoch); returns the YAML's path."""
+    for split, pairs in (("train", train), ("val", held)):
+        for image, label in pairs:
+            raw, lab = _resized(*load_pair(image, label, channels), factor)
+            out = _write_raw(root / split / "images" / image.stem, raw)
+            write_label(root / split / "labels" / f"{out.stem}_label.tiff", lab)
+    cfg = {"path": ".", "train": ["train"], "val": ["val"] if held else [],
+           "sources": {"user": {"match": "*"}}, "epoch_size": epoch_size}
+    path = root / "data.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def start_weights(weights: str, raws: list[np.ndarray]) -> Path:
+    """``weights`` as given, or for "auto" the shipped branch of the images' majority modality
+    (data/routing.yaml; the general model where that branch's file is missing)."""
+    if weights != "auto":
+        if not Path(weights).is_file():
+            raise InputError(weights, "--weights: no such checkpoint")
+        return Path(weights)
+    cfg = load_routing()
+    modalities = [classify_modality(r) for r in raws]
+    modality = max(set(modalities), key=modalities.count)
+    ckpt_dir = REPO_ROOT / cfg.ckpt_dir
+    path = ckpt_dir / cfg.model_dict.get(modality, cfg.model_dict[cfg.general])
+    if not path.is_file():
+        path = ckpt_dir / cfg.model_dict[cfg.general]
+    LOGGER.info("starting from %s (the shipped %s branch)", path, modality)
+    return path
+
+
+def score_checkpoint(ckpt: Path, pairs: list, channels, device, amp: str) -> list[float]:
+    """F1 at IoU 0.5 of each pair's original image, segmented by ``ckpt`` with predict.py's
+    pipeline (per-modality settings, size rule)."""
+    router = Router(load_routing(), device, Overrides(), ckpt=str(ckpt), amp=amp,
+                    base_dir=REPO_ROOT)
+    scores = []
+    for image, label in pairs:
+        raw, lab = load_pair(image, label, channels)
+        pred = router.segment(raw, normalize_image(raw)).label
+        scores.append(match_instances(lab, pred, threshold=0.5).f1)
+    return scores
+
+
+def run_finetune(opt: FinetuneOptions) -> FinetuneResult:
+    """The whole finetuning (module docstring); returns the F1 before and after."""
+    from utils.dist import select_device
+    from utils.engine import increment_path, run_training
+    from utils.options import TrainOptions
+    from utils.tasks import AWFTask
+
+    t0 = time.time()
+    channels = None if opt.chan is None else (opt.chan, opt.chan2)
+    pairs = find_pairs(opt.images, opt.labels)
+    train, held = split_pairs(pairs, opt.val, opt.seed)
+    loaded = [load_pair(i, lab, channels) for i, lab in train]
+    factor = resize_factor([lab for _, lab in loaded])
+    run_dir = increment_path(Path(opt.project) / opt.name, exist_ok=False)
+    data_yaml = prepare_dataset(train, held, run_dir / "data", channels, factor,
+                                EPOCH_BATCHES * opt.batch)
+    start = start_weights(opt.weights, [raw for raw, _ in loaded])
+    scored = held or train
+    device = select_device(opt.device)
+    before = score_checkpoint(start, scored, channels, device, opt.amp)
+    LOGGER.info("%d training image(s), %d held back; cells resized x%.3g; F1 before %.3f",
+                len(train), len(held), factor, float(np.mean(before)))
+    budget = 0.0 if opt.epochs > 0 else max(opt.minutes - SCORING_RESERVE_MIN
+                                            - (time.time() - t0) / 60.0, 0.5)
+    topt = TrainOptions(data=str(data_yaml), hyp=str(FINETUNE_HYP), weights=str(start),
+                        img=opt.img, batch=opt.batch, epochs=opt.epochs or 1000,
+                        time=budget, workers=opt.workers, device=opt.device,
+                        name="train", project=str(run_dir), exist_ok=True, patience=0,
+                        cos_lr=True, seed=opt.seed, amp=opt.amp, val_period=1,
+                        cache_images=True)
+    best = run_training(AWFTask, topt)
+    out = strip_checkpoint(best, run_dir / "finetuned.pt", note=_note(opt, start, factor))
+    after = score_checkpoint(out, scored, channels, device, opt.amp)
+    result = FinetuneResult(float(np.mean(before)), float(np.mean(after)),
+                            [p[0].name for p in scored], bool(held), out, start,
+                            topt.epochs, (time.time() - t0) / 60.0, factor)
+    (run_dir / "finetune.yaml").write_text(yaml.safe_dump(
+        {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()},
+        sort_keys=False))
+    return result
+
+
+def _note(opt: FinetuneOptions, start: Path, factor: float) -> str:
+    chans = "" if opt.chan is None else f"; trained with --chan {opt.chan} --chan2 {opt.chan2}"
+    return f"finetune.py on {opt.images} from {start.name}; training images resized x{factor:.3g}{chans}"
