@@ -49,7 +49,7 @@ class TrainOptions:
     seed: int = option(0, "random seed of initialisation, sampling and augmentation")
     amp: str = option("auto", "precision (utils.precision): auto = fp16 on CUDA, bf16 + "
                               "channels_last on a CPU with native bf16, else fp32; off = fp32",
-                      choices=list(MODES) + ["off"])
+                      choices=MODES)
     val_period: int = option(1, "validate every N epochs")
     cache_images: bool = option(False, "keep decoded images in RAM")
     save_dir: str = ""  # the run's folder, set by the engine (not a flag)
