@@ -42,8 +42,8 @@ def test_training_mistakes_are_one_line_exit_2(tmp_path, synthetic_data, trained
              (["--resume", evil], "evil.pt")]
     for extra, words in cases:
         code, line = _train([*base, *extra], caplog)
-        assert code == 2 and all(w in line for w in ([words] if isinstance(words, str) else words)), \
-            (extra, line)
+        words = [words] if isinstance(words, str) else words
+        assert code == 2 and all(w in line for w in words), (extra, line)
 
 
 def test_a_run_removes_the_temporaries_of_a_killed_one(tmp_path, synthetic_data, caplog):

@@ -67,7 +67,8 @@ def list_images(folder) -> list[Path]:
 
 
 def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    return (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+            and not path.name.startswith("."))
 
 
 def _list_file_images(path: Path) -> list[Path]:
@@ -86,7 +87,7 @@ def _list_file_images(path: Path) -> list[Path]:
         image = Path(entry).expanduser()
         image = Path(os.path.normpath(image if image.is_absolute() else path.parent / image))
         if not _is_image(image):
-            why = "no such file" if not image.exists() else "not an image " + "/".join(IMAGE_SUFFIXES)
+            why = "not an image " + "/".join(IMAGE_SUFFIXES) if image.exists() else "no such file"
             raise InputError(path, f"line {number}: {entry}: {why}")
         out.append(image)
     return out
@@ -382,7 +383,7 @@ def network_input(raw: np.ndarray, channels: tuple[int, int] | None = None,
                   source="array") -> tuple[np.ndarray, np.ndarray]:
     """Raw ``(H, W, C)`` image -> (the raw image the modality classifier sees: ``channels`` =
     (chan, chan2) selected as :func:`select_channels` does when given, else ``raw``; its network
-    image ``(H, W, 3) uint8``). The one preparation of predict.py, evaluate.py and the Python API."""
+    image ``(H, W, 3) uint8``). The one preparation of predict.py, evaluate.py, the Python API."""
     if channels is not None:
         raw = select_channels(raw, *channels, source=source)
     return raw, normalize_image(raw)

@@ -162,7 +162,7 @@ class AWFLoss:
                     ps = p[b, a, gj, gi]
                     pxy = ps[:, :2].sigmoid() * 2.0 - 0.5
                     pwh = (ps[:, 2:4].sigmoid() * 2.0) ** 2 * anc
-                    from torchvision.ops import complete_box_iou_loss  # on use: utils/setup_check.py
+                    from torchvision.ops import complete_box_iou_loss  # on use (setup_check)
                     ciou_loss = complete_box_iou_loss(_xywh_to_xyxy(torch.cat([pxy, pwh], 1)),
                                                       _xywh_to_xyxy(tbox))
                     lbox = lbox + ciou_loss.mean()

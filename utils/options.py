@@ -35,7 +35,8 @@ class TrainOptions:
     epochs: int = option(100, "training epochs (the cosine/linear learning-rate schedule spans "
                               "them)")
     workers: int = option(8, "dataloader workers per rank")
-    device: str = option("", "cuda device(s), e.g. 0 or 0,1, or cpu")
+    device: str = option("", "cuda device(s), e.g. 0 or 0,1, or cpu (default: auto: CUDA if "
+                             "available, else the CPU)")
     name: str = option("exp", "run folder under --project (NAME2, NAME3, ... when taken)")
     project: str = option("runs/train", "folder of the runs: PROJECT/NAME/")
     exist_ok: bool = option(False, "reuse runs/train/NAME instead of NAME2")

@@ -9,7 +9,7 @@ the matching pair to install; the command lines call it first (``utils.cli.setup
 torchvision is imported only where it is used (``utils/nms.py``, ``models/backbone.py``), so no
 import of this project's modules fails before the check.
 
-    python -m utils.setup_check     # prints the versions and OK (exit 0), else the one line (exit 2)
+    python -m utils.setup_check     # the versions and OK (exit 0), else the one line (exit 2)
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def check_torch_install() -> tuple[str, str]:
         from torchvision.ops import nms
         nms(torch.zeros((1, 4)), torch.ones(1), 0.5)
         return torch_version, torchvision.__version__.split("+")[0]
-    except Exception as exc:  # noqa: BLE001 - RuntimeError, ImportError, OSError...: all the same fix
+    except Exception as exc:  # noqa: BLE001 - RuntimeError, ImportError, OSError: one fix
         cause = " ".join(str(exc).split())[:200] or type(exc).__name__
         vision = _installed_version("torchvision")
         raise SetupError(f"torch {torch_version} and torchvision {vision} do not work together "
