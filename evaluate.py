@@ -21,22 +21,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from utils.cli import add_prediction_args, router_from_args, setup_logging
-from utils.dist import select_device
+from utils.cli import (HelpFormatter, add_common_args, add_prediction_args, prediction_kwargs,
+                       setup)
 from utils.errors import USER_ERRORS
 from utils.config import ConfigError, load_data_config
 from utils.datasplits import read_split_file, resolve_split
 from utils.io import (LABEL_SUFFIX, InputError, check_output_dir, check_output_file, label_path_for,
                       list_images, failure_reason, read_label, write_table)
 from utils.metrics import RESULT_COLUMNS, match_instances, results_to_frame
+from utils.predictor import Predictor
 from utils.runner import empty_input_status, predict_files, report_failures
 
 LOGGER = logging.getLogger("evaluate")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("-i", "--input", required=True, nargs="+",
                    help="folder(s) with images/ and labels/, or a dataset YAML (see --split)")
     p.add_argument("--split", default="val", help="with a dataset YAML: the split to evaluate")
@@ -48,6 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--allow-empty", action="store_true",
                    help="an input without images exits 0 (else 2)")
     add_prediction_args(p)
+    add_common_args(p)
     return p.parse_args(argv)
 
 
@@ -115,7 +116,7 @@ def print_summary(frame: pd.DataFrame) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logging()
+    setup(args.quiet)
     try:
         pairs = evaluation_files(args.input, args.list, args.split)
         check_output_file(args.output)  # before the predictions: a bad -o must not waste them
@@ -128,12 +129,14 @@ def main(argv=None) -> int:
     if not files:
         return empty_input_status(", ".join(args.input), args.allow_empty)
     try:
-        router = router_from_args(args, select_device(args.device))
+        predictor = Predictor.from_config(**prediction_kwargs(args))
     except USER_ERRORS as exc:  # a missing or refused checkpoint, a bad routing YAML or flag
         LOGGER.error("%s", exc)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
-        summary, labels = predict_files(files, router, args.save_dir or tmp, keep_labels=True)
+        summary, labels = predict_files(files, predictor.router, args.save_dir or tmp,
+                                        keep_labels=True, progress=not args.quiet,
+                                        channels=predictor.channels)
     frame, failures = score(files, labels, summary.records)
     source = {f.stem: s for f, s in pairs}
     frame["source"] = [source[n[: -len(LABEL_SUFFIX)]] for n in frame["names"]]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from models.loading import load_model
 from utils.checkpoint import CheckpointError
-from utils.cli import setup_logging
+from utils.cli import setup
 from utils.dist import select_device
 from utils.export import DEFAULT_OPSET, check_onnx, compare_with_torch, export_onnx
 
@@ -44,7 +44,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logging()
+    setup()
     if len(args.img) not in (1, 2):
         LOGGER.error("--img takes one or two sizes, got %s", args.img)
         return 2

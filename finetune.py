@@ -50,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"dataloader workers (default {d.workers})")
     p.add_argument("--device", default=d.device,
                    help="cuda device (0) or cpu (default: the first GPU, else the CPU)")
-    p.add_argument("--amp", default=d.amp, choices=list(MODES) + ["off"],
+    p.add_argument("--amp", default=d.amp, choices=MODES,
                    help="precision (default auto: bf16 on a CPU with native bf16, fp16 on CUDA)")
     p.add_argument("--name", default=d.name, help="run folder runs/finetune/NAME (NAME2, ...)")
     p.add_argument("--project", default=d.project, help=f"folder of the runs (default {d.project})")

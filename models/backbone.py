@@ -9,7 +9,6 @@ import logging
 
 import torch
 from torch import nn
-from torchvision.models import resnet18
 
 LOGGER = logging.getLogger(__name__)
 
@@ -30,6 +29,7 @@ class ResNet18Backbone(nn.Module):
 
     def __init__(self):
         super().__init__()
+        from torchvision.models import resnet18  # on use: see utils/setup_check.py
         net = resnet18(weights=None)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4

@@ -34,14 +34,16 @@ def test_training_mistakes_are_one_line_exit_2(tmp_path, synthetic_data, trained
     evil = tmp_path / "evil.pt"
     torch.save({"model": _Evil()}, evil)
     cases = [(["--data", typo], "trian"),
-             (["--data", nowhere], "no_such_set"),
+             (["--data", nowhere], ("no_such_set: dataset folder missing",  # where to get data
+                                    "NeurIPS 2022", "python -m utils.synthetic")),
              (["--data", tmp_path / "missing.yaml"], "missing.yaml"),
              (["--data", synthetic_data, "--weights", evil], "refused"),
              (["--resume", trained_ckpt], "already finished"),
              (["--resume", evil], "evil.pt")]
     for extra, words in cases:
         code, line = _train([*base, *extra], caplog)
-        assert code == 2 and words in line, (extra, line)
+        words = [words] if isinstance(words, str) else words
+        assert code == 2 and all(w in line for w in words), (extra, line)
 
 
 def test_a_run_removes_the_temporaries_of_a_killed_one(tmp_path, synthetic_data, caplog):

@@ -27,6 +27,11 @@ SPLITS = ("train", "val", "unlabeled", "pseudo")
 META_FILE = "meta.csv"                # name,modality[,...] per image, in a dataset folder or root
 CONFIDENCE_FILE = "confidence.csv"    # name,confidence per image, in a pseudo-label folder
 CONFIDENCE_GLOB = "confidence*.csv"   # in labels/: predict.py's file (confidence_rankN.csv per rank)
+# Where to get data, said when a dataset YAML's folder is missing (a newcomer's first training run).
+GET_DATA = ("get the NeurIPS 2022 cell segmentation challenge data "
+            "(https://neurips22-cellseg.grand-challenge.org, README: Data) into that folder, or "
+            "try the pipeline on synthetic data: python -m utils.synthetic --out DIR, then a "
+            "dataset YAML with path: DIR, train: [.], val: [.]")
 
 
 @dataclass
@@ -220,6 +225,9 @@ def resolve_split(cfg: DataConfig, split: str, cache_dir=None) -> list[Sample]:
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if not cfg.root.is_dir():
+        raise uio.InputError(cfg.root, f"dataset folder missing (the path: of a dataset YAML in "
+                                       f"{cfg.yaml_dir}); {GET_DATA}")
     side = _SideFiles(cfg)
     samples, seen, unpaired, missing = [], set(), [], []
     for entry in getattr(cfg, split):

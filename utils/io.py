@@ -7,6 +7,7 @@ tools can report it and go on with the next file.
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import re
@@ -63,6 +64,65 @@ def list_images(folder) -> list[Path]:
         raise InputError(folder, "not a folder")
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def _is_image(path: Path) -> bool:
+    return (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+            and not path.name.startswith("."))
+
+
+def _list_file_images(path: Path) -> list[Path]:
+    """The images a list file names: one path per line, relative to the list file's folder unless
+    absolute; blank lines and ``#`` comments skipped. A missing or non-image entry is an
+    :class:`InputError` naming the list file and the line."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"cannot read the list file ({exc})") from None
+    out = []
+    for number, line in enumerate(lines, 1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        image = Path(entry).expanduser()
+        image = Path(os.path.normpath(image if image.is_absolute() else path.parent / image))
+        if not _is_image(image):
+            why = "not an image " + "/".join(IMAGE_SUFFIXES) if image.exists() else "no such file"
+            raise InputError(path, f"line {number}: {entry}: {why}")
+        out.append(image)
+    return out
+
+
+def find_images(source, recursive: bool = False, name_filter: str = "") -> list[Path]:
+    """The images of an input (predict.py's ``-i``): an image file; a folder's images (sorted;
+    ``recursive``: those of its subfolders too, hidden ones skipped); a glob pattern
+    (``data/*/img_*.png``, ``**`` for any depth; sorted); or a list file (``.txt``, see
+    :func:`_list_file_images`, in its order). ``name_filter``: only the images whose stem ends
+    with it (Cellpose's ``--img_filter``, e.g. ``_c0``). A source that is none of these, or
+    ``recursive`` with another input than a folder, is an :class:`InputError`."""
+    text = str(source)
+    path = Path(text).expanduser()
+    if recursive and not path.is_dir():
+        raise InputError(source, "--recursive needs a folder as input")
+    if path.is_dir():
+        if recursive:
+            files = sorted(p for p in path.rglob("*") if _is_image(p)
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        else:
+            files = list_images(path)
+    elif path.is_file() and path.suffix.lower() == ".txt":
+        files = _list_file_images(path)
+    elif path.is_file():
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise InputError(source, f"not an image ({' '.join(IMAGE_SUFFIXES)}), a folder, a "
+                                     "list file (.txt) or a dataset YAML")
+        files = [path]
+    elif glob.has_magic(text):
+        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True)
+                       if _is_image(Path(p)))
+    else:
+        raise InputError(source, "no such file or folder")
+    return [p for p in files if p.stem.endswith(name_filter)]
 
 
 def label_path_for(image_path, labels_dir) -> Path:
@@ -319,13 +379,20 @@ def select_channels(img: np.ndarray, chan: int, chan2: int = 0, source="array") 
     return np.concatenate(picked, axis=2) if len(picked) > 1 else picked[0]
 
 
+def network_input(raw: np.ndarray, channels: tuple[int, int] | None = None,
+                  source="array") -> tuple[np.ndarray, np.ndarray]:
+    """Raw ``(H, W, C)`` image -> (the raw image the modality classifier sees: ``channels`` =
+    (chan, chan2) selected as :func:`select_channels` does when given, else ``raw``; its network
+    image ``(H, W, 3) uint8``). The one preparation of predict.py, evaluate.py, the Python API."""
+    if channels is not None:
+        raw = select_channels(raw, *channels, source=source)
+    return raw, normalize_image(raw)
+
+
 def load_image(path, channels: tuple[int, int] | None = None) -> np.ndarray:
     """Path -> network image ``(H, W, 3) uint8`` (read, ``channels`` = (chan, chan2) selected as
     :func:`select_channels` does when given, percentile normalisation)."""
-    raw = read_image(path)
-    if channels is not None:
-        raw = select_channels(raw, *channels, source=path)
-    return normalize_image(raw)
+    return network_input(read_image(path), channels, path)[1]
 
 
 def read_label(path, shape: tuple[int, int] | None = None) -> np.ndarray:

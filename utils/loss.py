@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import complete_box_iou_loss
 
 from utils.config import from_dict
 
@@ -163,6 +162,7 @@ class AWFLoss:
                     ps = p[b, a, gj, gi]
                     pxy = ps[:, :2].sigmoid() * 2.0 - 0.5
                     pwh = (ps[:, 2:4].sigmoid() * 2.0) ** 2 * anc
+                    from torchvision.ops import complete_box_iou_loss  # on use (setup_check)
                     ciou_loss = complete_box_iou_loss(_xywh_to_xyxy(torch.cat([pxy, pwh], 1)),
                                                       _xywh_to_xyxy(tbox))
                     lbox = lbox + ciou_loss.mean()

@@ -10,7 +10,6 @@ import logging
 
 import numpy as np
 import torch
-from torchvision.ops import nms
 
 LOGGER = logging.getLogger(__name__)
 
@@ -43,6 +42,7 @@ def _nms_one(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float, max_de
     if max_candidates is not None and scores.numel() > max_candidates:
         top = scores.topk(max_candidates).indices
         boxes, scores = boxes[top], scores[top]
+    from torchvision.ops import nms  # on use: a torch mismatch is utils.setup_check's one line
     keep = nms(boxes.float(), scores.float(), iou_thres)[:max_det]  # sorted by decreasing score
     return torch.cat([boxes[keep], scores[keep, None]], dim=1)
 

@@ -35,7 +35,8 @@ class TrainOptions:
     epochs: int = option(100, "training epochs (the cosine/linear learning-rate schedule spans "
                               "them)")
     workers: int = option(8, "dataloader workers per rank")
-    device: str = option("", "cuda device(s), e.g. 0 or 0,1, or cpu")
+    device: str = option("", "cuda device(s), e.g. 0 or 0,1, or cpu (default: auto: CUDA if "
+                             "available, else the CPU)")
     name: str = option("exp", "run folder under --project (NAME2, NAME3, ... when taken)")
     project: str = option("runs/train", "folder of the runs: PROJECT/NAME/")
     exist_ok: bool = option(False, "reuse runs/train/NAME instead of NAME2")
@@ -49,7 +50,7 @@ class TrainOptions:
     seed: int = option(0, "random seed of initialisation, sampling and augmentation")
     amp: str = option("auto", "precision (utils.precision): auto = fp16 on CUDA, bf16 + "
                               "channels_last on a CPU with native bf16, else fp32; off = fp32",
-                      choices=list(MODES) + ["off"])
+                      choices=MODES)
     time: float = option(0.0, "training time budget in minutes: after the first epoch, --epochs "
                               "becomes what fits in it (YOLOv8's --time); 0 = --epochs as given")
     val_period: int = option(1, "validate every N epochs")

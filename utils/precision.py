@@ -1,4 +1,4 @@
-"""One precision policy for training and inference (``--amp auto|fp32|bf16|fp16``).
+"""One precision policy for training and inference (``--amp auto|fp32|bf16|fp16``; off = fp32).
 
 ``auto`` follows the hardware:
 
@@ -29,8 +29,10 @@ import torch
 
 LOGGER = logging.getLogger(__name__)
 
-MODES = ("auto", "fp32", "bf16", "fp16")
-_ALIASES = {"off": "fp32"}   # the engine's former name for full precision
+# The values of every --amp flag (training, predict.py, evaluate.py, tools): "off" is an alias of
+# fp32 (the engine's former name for full precision), accepted everywhere.
+MODES = ("auto", "fp32", "bf16", "fp16", "off")
+_ALIASES = {"off": "fp32"}
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _CPUINFO_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 

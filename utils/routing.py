@@ -156,10 +156,16 @@ class Overrides:
 
 
 class Router:
-    """Chooses and runs a branch per image; ``ckpt`` forces one checkpoint for every image."""
+    """Chooses and runs a branch per image; ``ckpt`` forces one checkpoint for every image,
+    ``modality`` (bf / fl / gs) one modality (its branch and detection settings) instead of the
+    classifier's (utils.modality)."""
 
     def __init__(self, cfg: RoutingConfig, device: torch.device, overrides: Overrides | None = None,
-                 ckpt: str | None = None, amp: str = "auto", base_dir: Path | None = None):
+                 ckpt: str | None = None, amp: str = "auto", base_dir: Path | None = None,
+                 modality: str | None = None):
+        if modality is not None and modality not in MODALITIES:
+            raise ValueError(f"--modality {modality}: choose one of {', '.join(MODALITIES)}")
+        self.modality = modality
         self.cfg, self.device = cfg, device
         self.precision = resolve_precision(amp, device)  # utils.precision (--amp)
         log_precision(self.precision, "inference")
@@ -237,9 +243,10 @@ class Router:
 
     def segment(self, raw: np.ndarray, image: np.ndarray) -> Segmentation:
         """Raw image (for the modality) and network image ``(H, W, 3) uint8`` -> the
-        :class:`Segmentation` of the branch chosen, with its modality, branch and timings."""
+        :class:`Segmentation` of the branch chosen, with its modality (the forced one when
+        ``modality`` is set), branch and timings."""
         t0 = time.perf_counter()
-        modality = classify_modality(raw)
+        modality = self.modality or classify_modality(raw)
         spent = {"modality": time.perf_counter() - t0}
         path = self.branch_path(modality)
         result = replace(self.segmenter(path, modality).segment(image), modality=modality,

@@ -22,8 +22,8 @@ import numpy as np
 from tqdm import tqdm
 
 from utils.io import (IGNORE_SUFFIX, IMAGE_SUFFIXES, InputError, LABEL_SUFFIX, atomic_write,
-                      failure_reason, normalize_image, read_image, remove_stale_temporaries,
-                      write_image, write_label)
+                      failure_reason, find_images, network_input, read_image,
+                      remove_stale_temporaries, write_image, write_label)
 from utils.plots import overlay_outlines
 from utils.shapes import write_outlines
 
@@ -41,7 +41,7 @@ PSEUDO_IGNORE_HIGH = 0.7
 class PredictionRecord:
     """What happened to one image (a row of predictions.csv / confidence.csv)."""
 
-    name: str
+    name: str                     # the image's stem (with --recursive: SUBFOLDER/STEM)
     modality: str = ""
     branch: str = ""
     n_cells: int = 0
@@ -118,6 +118,33 @@ class RecordLog:
         self._fh.close()
 
 
+def input_files(source, recursive: bool = False, name_filter: str = "") -> list[Path]:
+    """Images of predict.py's ``-i``: the ``unlabeled`` split of a dataset YAML, else
+    :func:`utils.io.find_images` (an image, a folder, a glob pattern, a list file);
+    ``name_filter``: only the images whose stem ends with it. An unusable source is an
+    InputError (one line)."""
+    if Path(str(source)).suffix.lower() in (".yaml", ".yml"):
+        from utils.config import ConfigError, load_data_config
+        from utils.datasplits import resolve_split
+        if recursive:
+            raise InputError(source, "--recursive needs a folder as input")
+        try:
+            files = [s.image for s in resolve_split(load_data_config(source), "unlabeled")]
+        except ConfigError as exc:
+            raise InputError(source, str(exc)) from None
+        return [f for f in files if f.stem.endswith(name_filter)]
+    return find_images(source, recursive, name_filter)
+
+
+def output_name(path: Path, root: Path | None = None) -> str:
+    """The name of an image's outputs (OUT/NAME_label.tiff...): its stem, or with ``root`` (the
+    folder of a --recursive input) its path under ``root`` without the suffix (SUB/STEM), so
+    that the outputs mirror the input's subfolders."""
+    if root is None:
+        return path.stem
+    return path.relative_to(root).with_suffix("").as_posix()
+
+
 def shard(files: list[Path], rank: int, world_size: int) -> list[Path]:
     """This rank's share of the input list (torchrun: rank r takes files r, r + W, ...)."""
     return files[max(rank, 0)::max(world_size, 1)]
@@ -149,8 +176,13 @@ def _relative(path: Path, folder: Path) -> str:
 def predict_files(files: list[Path], router, out_dir, save_overlay: bool = False,
                   progress: bool = True, keep_labels: bool = False, pseudo: bool = False,
                   records_csv=None, skip_existing: bool = False, save_rois: bool = False,
-                  save_geojson: bool = False) -> tuple[RunSummary, dict]:
+                  save_geojson: bool = False, channels: tuple[int, int] | None = None,
+                  root=None) -> tuple[RunSummary, dict]:
     """Segment ``files`` with ``router`` into ``out_dir/NAME_label.tiff``.
+
+    ``channels``: (chan, chan2) picked from each raw image before normalisation
+    (utils.io.network_input; an image without that channel fails alone). ``root``: the outputs
+    mirror the files' subfolders under this folder (:func:`output_name`; predict.py --recursive).
 
     ``pseudo``: also ``out_dir/NAME_ignore.png`` (see :func:`uncertain_mask`). Two inputs with
     the same stem would overwrite each other's output: the second is reported as a failure. Any
@@ -159,7 +191,8 @@ def predict_files(files: list[Path], router, out_dir, save_overlay: bool = False
     each file finishes; with ``skip_existing``, files it already lists as done are skipped.
     ``save_rois`` / ``save_geojson``: also NAME_rois.zip (Fiji) / NAME.geojson (QuPath), see
     utils/shapes.py.
-    Returns the summary and, when ``keep_labels``, a dict name -> label map (for evaluate.py).
+    Returns the summary and, when ``keep_labels``, a dict name -> label map (for evaluate.py);
+    ``progress`` False: no progress bar.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -168,7 +201,8 @@ def predict_files(files: list[Path], router, out_dir, save_overlay: bool = False
     summary, labels = RunSummary(), {}
     bar = tqdm(files, desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
     seen: dict[str, Path] = {}
-    outputs = Outputs(save_overlay, pseudo, save_rois, save_geojson)
+    outputs = Outputs(save_overlay, pseudo, save_rois, save_geojson, channels,
+                      None if root is None else Path(root))
     try:
         for path in bar:
             rec = _predict_one(path, router, out_dir, seen, outputs, labels, keep_labels,
@@ -197,6 +231,8 @@ class Outputs:
     pseudo: bool = False     # NAME_ignore.png (pseudo-label mode)
     rois: bool = False       # NAME_rois.zip (ImageJ / Fiji)
     geojson: bool = False    # NAME.geojson (QuPath)
+    channels: tuple[int, int] | None = None   # (chan, chan2) of utils.io.select_channels
+    root: Path | None = None  # outputs mirror the subfolders under this folder (output_name)
 
 
 def _predict_one(path: Path, router, out_dir: Path, seen: dict, outputs: Outputs,
@@ -204,31 +240,32 @@ def _predict_one(path: Path, router, out_dir: Path, seen: dict, outputs: Outputs
     """One file -> its record (status failed with the reason on any exception); None = done before."""
     t0 = time.time()
     image_rel = _relative(path, out_dir)
+    name = path.stem
     try:
-        if path.stem in seen:
-            raise InputError(path, f"same name as {seen[path.stem]}: its output would be overwritten")
-        seen[path.stem] = path
-        if path.stem in done and done[path.stem].image == image_rel:
+        name = output_name(path, outputs.root)
+        if name in seen:
+            raise InputError(path, f"same name as {seen[name]}: its output would be overwritten")
+        seen[name] = path
+        if name in done and done[name].image == image_rel:
             return None
         raw = read_image(path)
-        image = normalize_image(raw)
-        seg = router.segment(raw, image)
-        label_path = out_dir / (path.stem + LABEL_SUFFIX)
+        seg = router.segment(*network_input(raw, outputs.channels, path))
+        label_path = out_dir / (name + LABEL_SUFFIX)
         write_label(label_path, seg.label)
         if outputs.pseudo:
-            _write_ignore(out_dir / (path.stem + IGNORE_SUFFIX), seg.fg, seg.label)
-        if outputs.overlay:
-            write_image(out_dir / f"{path.stem}_overlay.png", overlay_outlines(image, seg.label))
-        write_outlines(out_dir, path.stem, seg.label, rois=outputs.rois, geojson=outputs.geojson)
+            _write_ignore(out_dir / (name + IGNORE_SUFFIX), seg.fg, seg.label)
+        if outputs.overlay:  # on the pixels as read, whatever channels the network saw
+            write_image(out_dir / f"{name}_overlay.png", overlay_outlines(raw, seg.label))
+        write_outlines(out_dir, name, seg.label, rois=outputs.rois, geojson=outputs.geojson)
     except Exception as exc:  # noqa: BLE001 - whatever one file raises fails that file only
         reason = failure_reason(exc)
         LOGGER.debug("failed on %s", path, exc_info=True)
         LOGGER.error("%s: %s", path, reason)
-        return PredictionRecord(name=path.stem, image=image_rel, status="failed", error=reason,
+        return PredictionRecord(name=name, image=image_rel, status="failed", error=reason,
                                 seconds=round(time.time() - t0, 3))
     if keep_labels:
-        labels[path.stem] = seg.label
-    return PredictionRecord(name=path.stem, modality=seg.modality, branch=seg.branch,
+        labels[name] = seg.label
+    return PredictionRecord(name=name, modality=seg.modality, branch=seg.branch,
                             n_cells=seg.n_cells, confidence=round(seg.fg_conf, 4),
                             diameter=round(seg.diameter, 2), scale=round(seg.scale, 4),
                             seconds=round(time.time() - t0, 3),

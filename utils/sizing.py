@@ -30,11 +30,25 @@ MAX_FACTOR = 3.0
 # with ckpts/general.pt, and the two resampled passes agreed at F1 0.916 only (0.994 at scale 1);
 # both round to 2^(11/12) = 1.888x.
 FACTOR_STEPS_PER_OCTAVE = 12
+# predict.py --diameter D (Cellpose's flag: the cells' typical diameter in the image, pixels): the
+# image is resized once by DIAMETER_TARGET / D, and the size rule is off. 50 px: of the common
+# diameters measured for every image (Cellpose's approach; data/routing.yaml's size_rule comment:
+# ckpts/general.pt, evaluate.py on the 136 data/cells.yaml validation images), 50 px scored 0.806
+# and 30 px 0.791. It lies inside the rule's working range (min_diameter 14 .. max_diameter 75).
+DIAMETER_TARGET = 50.0
 
 
 def round_factor(factor: float) -> float:
     """``factor`` to the nearest point of the FACTOR_STEPS_PER_OCTAVE grid (1.0 is a grid point)."""
     return 2.0 ** (round(math.log2(factor) * FACTOR_STEPS_PER_OCTAVE) / FACTOR_STEPS_PER_OCTAVE)
+
+
+def diameter_scale(diameter: float) -> float:
+    """The resize factor of ``--diameter``: the cells' typical diameter in the image (pixels,
+    > 0) -> DIAMETER_TARGET / diameter (not rounded: the value is the user's, not a measurement)."""
+    if not diameter > 0:
+        raise ValueError(f"--diameter {diameter}: must be > 0 (0 = automatic: the size rule)")
+    return DIAMETER_TARGET / diameter
 
 
 @dataclass
