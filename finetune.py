@@ -14,7 +14,7 @@ finetune.yaml (the figures); the training run itself is in runs/finetune/NAME/tr
 import argparse
 import sys
 
-from utils.cli import setup_logging
+from utils.cli import HelpFormatter, add_common_args, setup
 from utils.errors import exit_on_error
 from utils.finetune import FinetuneOptions, run_finetune
 from utils.precision import MODES
@@ -22,46 +22,45 @@ from utils.precision import MODES
 
 def parse_args(argv=None) -> argparse.Namespace:
     d = FinetuneOptions(images="")
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[2:]))
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("-i", "--images", required=True, help="folder of your labelled images")
     p.add_argument("-l", "--labels", default=None,
                    help="folder of their labels (default: the images' ../labels if it exists, "
                         "else the images folder)")
     p.add_argument("--weights", default=d.weights,
-                   help="checkpoint to start from (default auto: the shipped branch of the "
-                        "images' modality)")
+                   help="checkpoint to start from; auto: the shipped branch of the images' "
+                        "modality")
     p.add_argument("--chan", type=int, default=None,
                    help="channel of the cytoplasm/membrane (or nuclei alone): 1=red 2=green "
                         "3=blue 4=fourth, 0=grey (default: the image as it is)")
     p.add_argument("--chan2", type=int, default=d.chan2,
-                   help="nuclear channel with --chan (0 = none; default 0)")
+                   help="nuclear channel with --chan (0 = none)")
     p.add_argument("--minutes", type=float, default=d.minutes,
-                   help=f"time budget in minutes, scoring included (default {d.minutes:g})")
+                   help="time budget in minutes, scoring included")
     p.add_argument("--epochs", type=int, default=d.epochs,
-                   help="a fixed number of epochs of 8 batches instead of --minutes (default: "
-                        "from --minutes)")
-    p.add_argument("--val", nargs="*", default=[],
-                   help="image names (stems) to hold back for validation (default: chosen)")
-    p.add_argument("--img", type=int, default=d.img, help=f"crop size (default {d.img})")
-    p.add_argument("--batch", type=int, default=d.batch, help=f"batch size (default {d.batch})")
+                   help="a fixed number of epochs of 8 batches instead of --minutes (0: from "
+                        "--minutes)")
+    p.add_argument("--val", nargs="*", default=None,
+                   help="image names (stems) to hold back for validation (none given: chosen)")
+    p.add_argument("--img", type=int, default=d.img, help="training crop size (pixels)")
+    p.add_argument("--batch", type=int, default=d.batch, help="batch size")
     p.add_argument("--workers", type=int, default=d.workers,
-                   help=f"dataloader workers (default {d.workers})")
+                   help="dataloader workers")
     p.add_argument("--device", default=d.device,
                    help="cuda device (0) or cpu (default: the first GPU, else the CPU)")
     p.add_argument("--amp", default=d.amp, choices=MODES,
-                   help="precision (default auto: bf16 on a CPU with native bf16, fp16 on CUDA)")
+                   help="precision; auto: bf16 on a CPU with native bf16, fp16 on CUDA")
     p.add_argument("--name", default=d.name, help="run folder runs/finetune/NAME (NAME2, ...)")
-    p.add_argument("--project", default=d.project, help=f"folder of the runs (default {d.project})")
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default 0)")
+    p.add_argument("--project", default=d.project, help="folder of the runs")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed")
+    add_common_args(p)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logging()
-    opt = FinetuneOptions(**vars(args))
+    setup(quiet=args.quiet)
+    opt = FinetuneOptions(**{k: v for k, v in vars(args).items() if k != "quiet"})
     r = exit_on_error(run_finetune, opt)
     where = "held-back image(s)" if r.held_out else "training image(s), optimistic"
     print(f"F1 before {r.before:.3f} -> after {r.after:.3f} on {len(r.scored_on)} {where}: "

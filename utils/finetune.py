@@ -71,7 +71,7 @@ class FinetuneOptions:
     name: str = "exp"
     project: str = "runs/finetune"
     seed: int = 0
-    val: list[str] = field(default_factory=list)   # image stems to hold back (default: chosen)
+    val: list[str] | None = None   # image stems to hold back (None: chosen by split_pairs)
 
 
 @dataclass
