@@ -12,7 +12,7 @@
 #                no registry can be reached, make one from Debian packages:
 #                sh docker/make_base_image.sh, then --build-arg BASE=allcell-base:bookworm
 #   TORCH_INDEX  a PyTorch wheel index for torch/torchvision. The default torch wheel from PyPI
-#                carries CUDA (about 6 GB of packages); a CPU-only image (1.7 GB, see README):
+#                carries CUDA (about 6 GB of packages); a CPU-only image (docs/DOCKER.md):
 #                --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu
 #   PIP_ARGS     extra pip arguments, e.g. wheels fetched beforehand and served to the build
 #                without network access (docker/build_offline.sh does this):
