@@ -23,7 +23,7 @@ from utils.cli import add_prediction_args, router_from_args, setup_logging
 from utils.dist import dist_info, select_device
 from utils.errors import USER_ERRORS
 from utils.io import InputError, check_output_dir, list_images
-from utils.runner import empty_input_status, predict_files, report_failures, shard
+from utils.predict_folder import empty_input_status, predict_files, report_failures, shard
 
 LOGGER = logging.getLogger("predict")
 

@@ -18,8 +18,8 @@ from utils.io import read_label, remove_stale_temporaries, write_label, write_ta
 from utils.inference import Segmentation
 from utils.routing import Router, load_routing
 from utils.datasplits import read_confidence
-from utils import runner
-from utils.runner import RECORD_FIELDS, PredictionRecord, RecordLog, predict_files
+from utils import predict_folder
+from utils.predict_folder import RECORD_FIELDS, PredictionRecord, RecordLog, predict_files
 
 RNG = np.random.default_rng(0)
 
@@ -158,7 +158,7 @@ def test_stale_temporaries_are_removed_on_start(tmp_path):
     stale.write_bytes(b"half a label")
     keep = out / ".hidden_but_mine.txt"
     keep.write_text("x")
-    old = runner._STARTED - 60  # written before this process started: a killed run's
+    old = predict_folder._STARTED - 60  # written before this process started: a killed run's
     os.utime(stale, (old, old))
     cv2.imwrite(str(tmp_path / "im0.png"), _good((32, 32, 3)))
     predict_files([tmp_path / "im0.png"], _Counting(), out, progress=False)

@@ -21,7 +21,7 @@ from utils.inference import AWFSegmenter
 from utils.loss import AWFLoss
 from utils.options import TrainOptions
 from utils.routing import Overrides, load_routing
-from utils.runner import PSEUDO_IGNORE_HIGH, PSEUDO_IGNORE_LOW, uncertain_mask
+from utils.predict_folder import PSEUDO_IGNORE_HIGH, PSEUDO_IGNORE_LOW, uncertain_mask
 from utils.synthetic import write_dataset
 from utils.targets import height_map
 
