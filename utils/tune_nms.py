@@ -5,7 +5,7 @@
 
 The network runs once per image; every (conf, iou) pair then re-runs NMS, the watershed
 post-processing and the challenge metric, with predict.py's max_det and post-processing. Prints
-the best pair per modality (the values for the ``postprocess`` section of data/routing.yaml) and
+the best pair per modality (the values for the ``detection`` section of data/routing.yaml) and
 the F1 of the pairs the routing YAML (``--routing``) sets now, the figures predict.py scores.
 """
 from __future__ import annotations
@@ -104,7 +104,7 @@ def main(argv=None):
                        # max_det and the post-processing (the same for every modality); conf and iou are swept
                        routing.inference_params(MODALITIES[0]), precision=precision)
     items = ((s.image.stem, cache.modality(s), cache.image(s), cache.label(s)) for s in samples)
-    frame = sweep(seg, list(items), args.conf, args.iou, routing.postprocess, seg.params.post)
+    frame = sweep(seg, list(items), args.conf, args.iou, routing.detection, seg.params.post)
     write_table(frame, args.output)
     print("best of the grid:")
     print(best_per_modality(frame).to_string(index=False))
