@@ -28,11 +28,11 @@ from utils.targets import height_map
 S = 64          # network image size of the tests (pixels)
 TRAIN = ["--img", str(S), "--batch", "2", "--workers", "0", "--device", "cpu", "--seed", "1",
          "--epochs", "1"]
-FL_HYP = "data/hyps/hyp.ws_flourescene.yaml"
+FL_HYP = "data/hyps/hyp.ws_fluorescence.yaml"
 
 
 def _hyp_file(tmp_path, pseudo_conf: float):
-    """hyp.ws_flourescene.yaml with another pseudo_conf."""
+    """hyp.ws_fluorescence.yaml with another pseudo_conf."""
     hyp = yaml.safe_load((REPO / FL_HYP).read_text())
     hyp["pseudo_conf"] = pseudo_conf
     path = tmp_path / f"hyp_{pseudo_conf}.yaml"
