@@ -111,7 +111,7 @@ def test_router_falls_back_to_general_and_loads_once(tmp_path, caplog):
     raw[10:20, 10:20] = raw[40:52, 30:44] = 200
     image = np.repeat(raw, 3, axis=2)
     for _ in range(2):
-        result = router.segment(raw, image)
+        result = router.route_and_segment(raw, image)
         assert result.label.shape == (64, 64) and result.modality == "fl"
         assert result.branch == "general" and set(result.timings) == {"modality", "network",
                                                                       "postprocess"}
@@ -208,7 +208,7 @@ def test_router_applies_the_omni_rule_per_modality(tmp_path, monkeypatch):
         router = Router(load_routing(ckpt_dir="ckpts", omni_rule=rule), torch.device("cpu"),
                         base_dir=tmp_path)
         monkeypatch.setattr(router, "segmenter", lambda path, modality: fake[path.stem])
-        result = router.segment(raw, image)
+        result = router.route_and_segment(raw, image)
         assert result.modality == "fl" and result.branch == branch
         assert result.label.max() == (1 if branch == "omnipose" else 2)
         # the time of every branch that ran: both when the rule applies

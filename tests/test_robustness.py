@@ -86,7 +86,7 @@ def test_mixed_folder_runs_to_the_end(tmp_path, trained_ckpt, run_script):
 
 def test_any_exception_of_one_file_fails_that_file_only(tmp_path):
     class Flaky:
-        def segment(self, raw, image):
+        def route_and_segment(self, raw, image):
             if image.shape[0] == 40:
                 raise KeyError("something nobody expected")
             return Segmentation(np.ones(image.shape[:2], np.int32), modality="bf", branch="x")
@@ -108,7 +108,7 @@ class _Counting:
     def __init__(self, stop_after=None):
         self.calls, self.stop_after = [], stop_after
 
-    def segment(self, raw, image):
+    def route_and_segment(self, raw, image):
         if self.stop_after is not None and len(self.calls) == self.stop_after:
             raise KeyboardInterrupt  # as a kill would, mid-run
         self.calls.append(image.shape)

@@ -60,7 +60,8 @@ def median_diameter(label: np.ndarray) -> float:
 
 @dataclass(eq=False)
 class Segmentation:
-    """One image segmented (:meth:`Segmenter.segment`, ``utils.routing.Router.segment``)."""
+    """One image segmented (:meth:`Segmenter.segment`,
+    ``utils.routing.Router.route_and_segment``)."""
 
     label: np.ndarray         # (H, W) int32 (uint32 when chunked) instance ids, 0 = background
     modality: str = ""        # bf / fl / gs: set by the Router ("" from a bare segmenter)

@@ -150,7 +150,8 @@ def predict_files(files: list[Path], router, out_dir, save_overlay: bool = False
                   progress: bool = True, keep_labels: bool = False, pseudo: bool = False,
                   records_csv=None, skip_existing: bool = False, save_rois: bool = False,
                   save_geojson: bool = False) -> tuple[RunSummary, dict]:
-    """Segment ``files`` with ``router`` into ``out_dir/NAME_label.tiff``.
+    """Segment ``files`` with ``router`` (a :class:`utils.routing.Router`: ``route_and_segment``)
+    into ``out_dir/NAME_label.tiff``.
 
     ``pseudo``: also ``out_dir/NAME_ignore.png`` (see :func:`uncertain_mask`). Two inputs with
     the same stem would overwrite each other's output: the second is reported as a failure. Any
@@ -212,7 +213,7 @@ def _predict_one(path: Path, router, out_dir: Path, seen: dict, outputs: Outputs
             return None
         raw = read_image(path)
         image = normalize_image(raw)
-        seg = router.segment(raw, image)
+        seg = router.route_and_segment(raw, image)
         label_path = out_dir / (path.stem + LABEL_SUFFIX)
         write_label(label_path, seg.label)
         if outputs.pseudo:

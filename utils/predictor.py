@@ -63,4 +63,4 @@ class Predictor:
             raw = read_image(image)
         else:
             raw = as_image(image)
-        return self.router.segment(raw, normalize_image(raw))
+        return self.router.route_and_segment(raw, normalize_image(raw))

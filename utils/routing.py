@@ -238,9 +238,10 @@ class Router:
                                      precision=self.precision)
         return AWFSegmenter(model, self.device, self.params(modality), precision=self.precision)
 
-    def segment(self, raw: np.ndarray, image: np.ndarray) -> Segmentation:
+    def route_and_segment(self, raw: np.ndarray, image: np.ndarray) -> Segmentation:
         """Raw image (for the modality) and network image ``(H, W, 3) uint8`` -> the
-        :class:`Segmentation` of the branch chosen, with its modality, branch and timings."""
+        :class:`Segmentation` of the branch chosen (the modality's checkpoint, and the Omnipose
+        rule), with its modality, branch and timings."""
         t0 = time.perf_counter()
         modality = classify_modality(raw)
         spent = {"modality": time.perf_counter() - t0}
