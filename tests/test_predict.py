@@ -12,12 +12,13 @@ import torch
 import yaml
 
 import utils.routing
+from utils.branch_settings import BranchSettings
 from utils.checkpoint import save_checkpoint_atomic
 from utils.config import ConfigError
 from utils.inference import Segmentation, median_diameter
 from utils.io import read_image, read_label
-from utils.routing import (DEFAULT_ROUTING, BranchSettings, OmniRule, Overrides, Router,
-                           leave_one_out, load_routing)
+from utils.routing import (DEFAULT_ROUTING, OmniRule, Overrides, Router, leave_one_out,
+                           load_routing)
 from tests.conftest import REPO
 
 # The original framework's rule (its gs branch): AWF unsure, or Omnipose clearly surer.

@@ -14,7 +14,6 @@ import abc
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from models.awf import MAX_STRIDE
+from utils.branch_settings import BranchSettings
 from utils.flows import FLOW_THRESHOLD, MIN_SIZE, reconstruct_masks
 from utils.nms import merge_detections, non_max_suppression
 from utils.precision import Precision, resolve_precision
@@ -29,9 +29,6 @@ from utils.sizing import SizeRule
 from utils.tiling import (DEFAULT_CHUNK, DEFAULT_MARGIN, DEFAULT_OVERLAP, DEFAULT_WINDOW,
                           WindowAccumulator, gaussian_weight, segment_chunked_parts, window_grid)
 from utils.watershed import PostprocessParams, postprocess
-
-if TYPE_CHECKING:  # utils.routing imports this module
-    from utils.routing import BranchSettings
 
 LOGGER = logging.getLogger(__name__)
 
@@ -124,8 +121,9 @@ class RunParams:
 @dataclass(kw_only=True)
 class InferenceParams(RunParams):
     """Settings of one AWF branch's run: its detection settings (``detection``, a
-    :class:`utils.routing.BranchSettings`, from data/routing.yaml: ``RoutingConfig.inference_params``)
-    and the run's resize, TTA, sliding windows and post-processing."""
+    :class:`utils.branch_settings.BranchSettings`, from data/routing.yaml:
+    ``RoutingConfig.inference_params``) and the run's resize, TTA, sliding windows and
+    post-processing."""
 
     detection: BranchSettings
     window: int = DEFAULT_WINDOW        # sliding window, pixels (utils.tiling)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from models.loading import load_model
+from utils.branch_settings import BranchSettings
 from utils.config import REPO_ROOT, ConfigError, from_dict, load_config, load_yaml
 from utils.inference import (AWFSegmenter, InferenceParams, OmniposeParams, OmniposeSegmenter,
                              Segmentation)
@@ -43,16 +44,6 @@ DEFAULT_ROUTING = REPO_ROOT / "data" / "routing.yaml"
 # Renamed keys of the routing YAML: old name (still read, with a warning: user files may have it)
 # -> new name. ``postprocess`` held the detection settings (NMS), not the post-processing.
 RENAMED_KEYS = {"postprocess": "detection"}
-
-
-@dataclass
-class BranchSettings:
-    """Detection settings of one modality's AWF branch: a ``detection`` entry of
-    data/routing.yaml (tuned with ``python -m utils.tune_nms``)."""
-
-    conf_thres: float      # lowest detection score kept, 0..1
-    iou_thres: float       # NMS IoU threshold, 0..1
-    max_det: int = 3000    # detections kept per image at most (DSB images hold up to ~400 nuclei)
 
 
 @dataclass

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from models.loading import load_model
+from utils.branch_settings import BranchSettings
 from utils.cli import setup_logging
 from utils.config import load_data_config
 from utils.datasplits import resolve_split
@@ -29,7 +30,7 @@ from utils.metrics import match_instances
 from utils.modality import MODALITIES
 from utils.nms import non_max_suppression
 from utils.precision import MODES, log_precision, resolve_precision
-from utils.routing import DEFAULT_ROUTING, BranchSettings, load_routing
+from utils.routing import DEFAULT_ROUTING, load_routing
 from utils.watershed import PostprocessParams, postprocess
 
 LOGGER = logging.getLogger(__name__)
