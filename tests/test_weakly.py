@@ -20,8 +20,8 @@ from utils.dataset import CellDataset, collate_fn
 from utils.inference import AWFSegmenter
 from utils.loss import AWFLoss
 from utils.options import TrainOptions
-from utils.routing import Overrides, load_routing
 from utils.predict_folder import PSEUDO_IGNORE_HIGH, PSEUDO_IGNORE_LOW, uncertain_mask
+from utils.routing import Overrides, load_routing
 from utils.synthetic import write_dataset
 from utils.targets import height_map
 
