@@ -87,7 +87,7 @@ class Task(ABC):
     def validate(self, model: nn.Module, device: torch.device) -> dict:
         """Metrics dict with at least ``fitness`` (higher is better), computed on rank 0."""
 
-    def before_training(self, model: nn.Module, dataset) -> None:
+    def before_training(self, model: nn.Module, dataset) -> None:  # noqa: B027 (optional hook)
         """Hook (e.g. autoanchor) run on every rank before DDP wraps the model."""
 
     def model_config(self, model: nn.Module) -> dict:

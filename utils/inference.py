@@ -5,8 +5,8 @@ predict.py, evaluate.py and validation during training all call :class:`AWFSegme
 by ``params.scale``, runs images up to ``max_full_size`` a side as one region at native
 resolution and cuts larger ones into chunks (no cell cut at a seam, see utils/tiling.py), then
 maps the label back to the input resolution; with an AWF ``size_rule`` (utils/sizing.py) an image
-whose cells came out too small or too large is resized and segmented a second time. An AWF region's network maps come from
-Gaussian-weighted sliding windows with a global NMS over windows.
+whose cells came out too small or too large is resized and segmented a second time. An AWF
+region's network maps come from Gaussian-weighted sliding windows with a global NMS over windows.
 """
 from __future__ import annotations
 
