@@ -29,8 +29,8 @@ from utils.datasplits import read_split_file, resolve_split
 from utils.io import (LABEL_SUFFIX, InputError, check_output_dir, check_output_file, label_path_for,
                       list_images, failure_reason, read_label, write_table)
 from utils.metrics import RESULT_COLUMNS, match_instances, results_to_frame
+from utils.predict_folder import empty_input_status, predict_files, report_failures
 from utils.predictor import Predictor
-from utils.runner import empty_input_status, predict_files, report_failures
 
 LOGGER = logging.getLogger("evaluate")
 

@@ -29,8 +29,9 @@ from utils.cli import (HelpFormatter, add_common_args, add_prediction_args, pred
 from utils.dist import dist_info, select_device
 from utils.errors import USER_ERRORS
 from utils.io import InputError, check_output_dir
+from utils.predict_folder import (empty_input_status, input_files, predict_files,
+                                  report_failures, shard)
 from utils.predictor import Predictor
-from utils.runner import empty_input_status, input_files, predict_files, report_failures, shard
 
 LOGGER = logging.getLogger("predict")
 

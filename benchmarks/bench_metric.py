@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-
 from utils.io import InputError, read_label
 from utils.metrics import evaluate_pair
 from utils.perturb import perturb
 
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "dsb2018"
 
 
@@ -81,7 +80,7 @@ def main(argv=None) -> int:
     if k:
         reference_metric = load_reference()
         ref_times, worst = [], 0.0
-        for i, (name, gt, pred) in enumerate(pairs[:k]):
+        for _name, gt, pred in pairs[:k]:
             t0 = time.perf_counter()
             refs = {t: reference_metric(gt, pred, t) for t in args.thresholds}
             ref_times.append(time.perf_counter() - t0)

@@ -160,7 +160,7 @@ def parse_args(argv=None):
     p.add_argument("--image", default=None, help="real image, cropped/tiled to each size")
     p.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], help="square sizes (px)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
-    p.add_argument("--conf-thres", type=float, default=load_routing().postprocess["fl"].conf_thres,
+    p.add_argument("--conf-thres", type=float, default=load_routing().detection["fl"].conf_thres,
                    help="detection threshold (default: data/routing.yaml's fl value)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     p.add_argument("--amp", nargs="+", default=["fp32", "auto"], choices=MODES,

@@ -23,8 +23,6 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-
 from models.awf import AWF, AWFConfig
 from utils.config import Hyp, load_config, load_data_config
 from utils.dataset import CellDataset, collate_fn
@@ -33,6 +31,8 @@ from utils.engine import build_optimizer
 from utils.label_cache import DatasetCache
 from utils.loss import AWFLoss
 from utils.precision import Precision, resolve_precision
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def batches(img: int, batch: int, n: int, rank: int):

@@ -12,8 +12,8 @@ equal the straight run's bit for bit.
 Pseudo labels: per trial a ``--pseudo`` run on ``--images`` synthetic images, killed at a random
 moment of its image loop (after a random number of finished images, part-way into the next), then
 rerun with ``--skip-existing``. By default the runs are forked children running predict.py's loop
-(``utils.runner.predict_files``) with the model loaded once, as a niced ``python predict.py`` can
-take minutes to start on a loaded machine; ``--pseudo-cli`` kills real predict.py processes
+(``utils.predict_folder.predict_files``) with the model loaded once, as a niced
+``python predict.py`` can take minutes to start on a loaded machine; ``--pseudo-cli`` kills real predict.py processes
 (at a random moment after their first record). Checked: the rerun completes, confidence.csv
 lists every image once (ok), every record the killed run had finished is kept unchanged (its image
 not segmented again), each listed label exists, and no temporary file remains.
@@ -102,16 +102,18 @@ def _kill_in_loop(args, records: Path, delay: float, timeout: float = 1800.0) ->
 def _forked_predict(images: Path, out: Path, router, skip_existing: bool):
     """A child process (fork: the imports and the loaded model are inherited, which saves the
     minutes a niced ``python predict.py`` takes to start on a loaded machine) running
-    predict.py's loop, :func:`utils.runner.predict_files`, as ``predict.py --pseudo`` does."""
+    predict.py's loop, :func:`utils.predict_folder.predict_files`, as ``predict.py --pseudo``
+    does."""
     import multiprocessing
 
-    from utils import runner
+    from utils import predict_folder
     from utils.io import list_images
 
     def child():
-        runner._STARTED = time.time()  # a new process: older temporaries are a killed run's
-        runner.predict_files(list_images(images), router, out, progress=False, pseudo=True,
-                             records_csv=out / "confidence.csv", skip_existing=skip_existing)
+        predict_folder._STARTED = time.time()  # a new process: older temporaries are a killed run's
+        predict_folder.predict_files(list_images(images), router, out, progress=False, pseudo=True,
+                                     records_csv=out / "confidence.csv",
+                                     skip_existing=skip_existing)
 
     proc = multiprocessing.get_context("fork").Process(target=child)
     proc.start()

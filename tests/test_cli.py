@@ -24,7 +24,7 @@ from utils.io import InputError, find_images, read_label, write_image, write_lab
 from utils.modality import classify_modality
 from utils.plots import label_colors, overlay_outlines
 from utils.predictor import Predictor
-from utils.runner import input_files, predict_files
+from utils.predict_folder import input_files, predict_files
 from utils.sizing import DIAMETER_TARGET
 from utils.synthetic import make_sample
 
@@ -74,7 +74,7 @@ def test_find_images_takes_a_file_a_glob_a_list_file_and_a_filter(tmp_path):
 class _OneCell:
     """A stand-in router: the 4x4 cell at (2, 2) of every image."""
 
-    def segment(self, raw, image):
+    def route_and_segment(self, raw, image):
         label = np.zeros(image.shape[:2], np.int32)
         label[2:6, 2:6] = 1
         return Segmentation(label, modality="fl", branch="x", n_cells=1)

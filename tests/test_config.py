@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from utils.config import ConfigError, DataConfig, Hyp, load_config, load_data_config
+from utils.config import ConfigError, DataConfig, Hyp, load_config, load_data_config, load_hyp
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,6 +39,20 @@ def test_data_paths_resolve_against_the_yaml(tmp_path):
 @pytest.mark.parametrize("path", sorted((REPO / "data" / "hyps").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_hyp_files_are_valid(path):
     load_config(Hyp, path)
+
+
+def test_a_renamed_hyp_file_is_read_by_its_old_name(tmp_path, caplog):
+    """hyp.ws_flourescene.yaml (the original framework's spelling) reads hyp.ws_fluorescence.yaml
+    with a warning; a file of the old name that exists is read as it is."""
+    hyps = REPO / "data" / "hyps"
+    with caplog.at_level("WARNING"):
+        old = load_hyp(hyps / "hyp.ws_flourescene.yaml")
+    assert old == load_hyp(hyps / "hyp.ws_fluorescence.yaml")
+    assert sum("renamed hyp.ws_fluorescence.yaml" in r.message for r in caplog.records) == 1
+    (tmp_path / "hyp.ws_flourescene.yaml").write_text("lr0: 0.5\n")
+    assert load_hyp(tmp_path / "hyp.ws_flourescene.yaml").lr0 == 0.5
+    with pytest.raises(ConfigError, match="no such file"):
+        load_hyp(tmp_path / "sub" / "hyp.ws_flourescene.yaml")
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "data").rglob("*.yaml")), ids=lambda p: p.name)

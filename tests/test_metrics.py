@@ -17,11 +17,11 @@ import tifffile
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
-REPO = Path(__file__).resolve().parents[1]
-
 from utils.metrics import (RESULT_COLUMNS, MatchResult, dice_score, evaluate_pair,
                            match_instances, remove_boundary_cells, results_to_frame, sparse_iou,
                            summarize)
+
+REPO = Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------------------------
 # slow reference (the challenge's definition, written out literally)

@@ -12,12 +12,13 @@ import torch
 import yaml
 
 import utils.routing
+from utils.branch_settings import BranchSettings
 from utils.checkpoint import save_checkpoint_atomic
 from utils.config import ConfigError
 from utils.inference import Segmentation, median_diameter
 from utils.io import read_image, read_label
-from utils.routing import (DEFAULT_ROUTING, BranchSettings, OmniRule, Overrides, Router,
-                           leave_one_out, load_routing)
+from utils.routing import (DEFAULT_ROUTING, OmniRule, Overrides, Router, leave_one_out,
+                           load_routing)
 from tests.conftest import REPO
 
 # The original framework's rule (its gs branch): AWF unsure, or Omnipose clearly surer.
@@ -111,7 +112,7 @@ def test_router_falls_back_to_general_and_loads_once(tmp_path, caplog):
     raw[10:20, 10:20] = raw[40:52, 30:44] = 200
     image = np.repeat(raw, 3, axis=2)
     for _ in range(2):
-        result = router.segment(raw, image)
+        result = router.route_and_segment(raw, image)
         assert result.label.shape == (64, 64) and result.modality == "fl"
         assert result.branch == "general" and set(result.timings) == {"modality", "network",
                                                                       "postprocess"}
@@ -125,7 +126,7 @@ def test_routing_yaml_holds_the_shipped_values_and_the_docstring_shows_them():
     assert cfg == load_routing(REPO / "data" / "routing.yaml") and DEFAULT_ROUTING.is_file()
     assert cfg.model_dict == {"general": "general.pt", "bf": "bf.pt", "gs": "grayscale.pt",
                               "fl": "fl.pt", "omni": "omnipose.pt"} and cfg.general == "general"
-    assert cfg.postprocess == {"bf": BranchSettings(0.25, 0.25), "gs": BranchSettings(0.30, 0.25),
+    assert cfg.detection == {"bf": BranchSettings(0.25, 0.25), "gs": BranchSettings(0.30, 0.25),
                                "fl": BranchSettings(0.30, 0.30)}  # utils.tune_nms's choice
     assert cfg.omni_rule == OmniRule(enabled=True, modalities=["fl"], awf_conf_below=0.0,
                                      omni_margin=0.0, diameter_ratio_above=1.025)
@@ -135,7 +136,7 @@ def test_routing_yaml_holds_the_shipped_values_and_the_docstring_shows_them():
 
 def test_routing_yaml_is_validated(tmp_path):
     shipped = yaml.safe_load(DEFAULT_ROUTING.read_text())
-    for change, match in (({"postprocess": {"bf": shipped["postprocess"]["bf"]}}, "postprocess"),
+    for change, match in (({"detection": {"bf": shipped["detection"]["bf"]}}, "detection"),
                           ({"omni_rule": {**shipped["omni_rule"], "margin": 0.1}}, "margin"),
                           ({"omni_rule": {**shipped["omni_rule"], "modalities": ["dic"]}}, "dic")):
         path = tmp_path / "routing.yaml"
@@ -147,6 +148,21 @@ def test_routing_yaml_is_validated(tmp_path):
         load_routing(path)
     with pytest.raises(ConfigError, match="no such file"):
         load_routing(tmp_path / "missing.yaml")  # never a silent fallback
+
+
+def test_routing_yaml_reads_the_old_postprocess_key(tmp_path, caplog):
+    """``postprocess:`` (the key's old name, in user files) is read as ``detection:`` with one
+    warning; both keys at once are an error."""
+    shipped = yaml.safe_load(DEFAULT_ROUTING.read_text())
+    old = {("postprocess" if k == "detection" else k): v for k, v in shipped.items()}
+    path = tmp_path / "routing.yaml"
+    path.write_text(yaml.safe_dump(old))
+    with caplog.at_level("WARNING"):
+        assert load_routing(path) == load_routing()
+    assert sum("postprocess is deprecated" in r.message for r in caplog.records) == 1
+    path.write_text(yaml.safe_dump({**shipped, "postprocess": shipped["detection"]}))
+    with pytest.raises(ConfigError, match="postprocess is the old name of detection"):
+        load_routing(path)
 
 
 def test_omni_rule():
@@ -193,7 +209,7 @@ def test_router_applies_the_omni_rule_per_modality(tmp_path, monkeypatch):
         router = Router(load_routing(ckpt_dir="ckpts", omni_rule=rule), torch.device("cpu"),
                         base_dir=tmp_path)
         monkeypatch.setattr(router, "segmenter", lambda path, modality: fake[path.stem])
-        result = router.segment(raw, image)
+        result = router.route_and_segment(raw, image)
         assert result.modality == "fl" and result.branch == branch
         assert result.label.max() == (1 if branch == "omnipose" else 2)
         # the time of every branch that ran: both when the rule applies

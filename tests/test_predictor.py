@@ -71,7 +71,8 @@ def test_predictor_takes_predict_py_flags_by_name(predicted):
 def _installed() -> bool:
     """Whether ``utils`` imports from outside the repository (``pip install -e .``)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    code = "import utils.predictor, pathlib, sys; sys.exit(pathlib.Path(utils.predictor.__file__).resolve().parents[1] != pathlib.Path(sys.argv[1]))"
+    code = ("import utils.predictor, pathlib, sys; sys.exit(pathlib.Path("
+            "utils.predictor.__file__).resolve().parents[1] != pathlib.Path(sys.argv[1]))")
     return subprocess.run([sys.executable, "-c", code, str(REPO)], cwd="/", env=env,
                           capture_output=True, check=False).returncode == 0
 

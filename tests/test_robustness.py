@@ -18,8 +18,8 @@ from utils.io import read_label, remove_stale_temporaries, write_label, write_ta
 from utils.inference import Segmentation
 from utils.routing import Router, load_routing
 from utils.datasplits import read_confidence
-from utils import runner
-from utils.runner import RECORD_FIELDS, PredictionRecord, RecordLog, predict_files
+from utils import predict_folder
+from utils.predict_folder import RECORD_FIELDS, PredictionRecord, RecordLog, predict_files
 
 RNG = np.random.default_rng(0)
 
@@ -86,7 +86,7 @@ def test_mixed_folder_runs_to_the_end(tmp_path, trained_ckpt, run_script):
 
 def test_any_exception_of_one_file_fails_that_file_only(tmp_path):
     class Flaky:
-        def segment(self, raw, image):
+        def route_and_segment(self, raw, image):
             if image.shape[0] == 40:
                 raise KeyError("something nobody expected")
             return Segmentation(np.ones(image.shape[:2], np.int32), modality="bf", branch="x")
@@ -108,7 +108,7 @@ class _Counting:
     def __init__(self, stop_after=None):
         self.calls, self.stop_after = [], stop_after
 
-    def segment(self, raw, image):
+    def route_and_segment(self, raw, image):
         if self.stop_after is not None and len(self.calls) == self.stop_after:
             raise KeyboardInterrupt  # as a kill would, mid-run
         self.calls.append(image.shape)
@@ -158,7 +158,7 @@ def test_stale_temporaries_are_removed_on_start(tmp_path):
     stale.write_bytes(b"half a label")
     keep = out / ".hidden_but_mine.txt"
     keep.write_text("x")
-    old = runner._STARTED - 60  # written before this process started: a killed run's
+    old = predict_folder._STARTED - 60  # written before this process started: a killed run's
     os.utime(stale, (old, old))
     cv2.imwrite(str(tmp_path / "im0.png"), _good((32, 32, 3)))
     predict_files([tmp_path / "im0.png"], _Counting(), out, progress=False)

@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from utils.boxes import label_to_boxes
-from utils.routing import BranchSettings
+from utils.branch_settings import BranchSettings
 from utils.synthetic import make_label
 from utils.targets import height_map
 from utils.tune_nms import best_per_modality, configured_scores, sweep

@@ -20,19 +20,19 @@ from utils.dataset import CellDataset, collate_fn
 from utils.inference import AWFSegmenter
 from utils.loss import AWFLoss
 from utils.options import TrainOptions
+from utils.predict_folder import PSEUDO_IGNORE_HIGH, PSEUDO_IGNORE_LOW, uncertain_mask
 from utils.routing import Overrides, load_routing
-from utils.runner import PSEUDO_IGNORE_HIGH, PSEUDO_IGNORE_LOW, uncertain_mask
 from utils.synthetic import write_dataset
 from utils.targets import height_map
 
 S = 64          # network image size of the tests (pixels)
 TRAIN = ["--img", str(S), "--batch", "2", "--workers", "0", "--device", "cpu", "--seed", "1",
          "--epochs", "1"]
-FL_HYP = "data/hyps/hyp.ws_flourescene.yaml"
+FL_HYP = "data/hyps/hyp.ws_fluorescence.yaml"
 
 
 def _hyp_file(tmp_path, pseudo_conf: float):
-    """hyp.ws_flourescene.yaml with another pseudo_conf."""
+    """hyp.ws_fluorescence.yaml with another pseudo_conf."""
     hyp = yaml.safe_load((REPO / FL_HYP).read_text())
     hyp["pseudo_conf"] = pseudo_conf
     path = tmp_path / f"hyp_{pseudo_conf}.yaml"

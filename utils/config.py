@@ -6,12 +6,14 @@ naming the file and the key, so a typo in a hyp file never silently falls back t
 from __future__ import annotations
 
 import dataclasses
+import logging
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+LOGGER = logging.getLogger(__name__)
 T = typing.TypeVar("T")
 # The repository root: the shipped configuration (data/) and ckpts/ resolve against it, whatever the cwd.
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -174,6 +176,22 @@ class Hyp:
                 raise ValueError(f"{name} is a probability in [0, 1]")
         if not 0.0 <= self.multiscale < 1.0:
             raise ValueError("multiscale must be in [0, 1)")
+
+
+# Hyp files renamed in this repository: the original framework's file name -> the new name in the
+# same folder, read (with a warning) when no file of the old name exists (load_hyp).
+RENAMED_HYPS = {"hyp.ws_flourescene.yaml": "hyp.ws_fluorescence.yaml"}
+
+
+def load_hyp(path) -> Hyp:
+    """A hyp YAML (``--hyp``); a renamed file's old name (:data:`RENAMED_HYPS`) reads the new
+    file when no file of the old name exists."""
+    path = Path(path)
+    new = path.with_name(RENAMED_HYPS.get(path.name, path.name))
+    if new != path and not path.exists() and new.is_file():
+        LOGGER.warning("%s: renamed %s, reading that", path, new.name)
+        path = new
+    return load_config(Hyp, path)
 
 
 @dataclass

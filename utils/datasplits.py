@@ -5,8 +5,8 @@
   (:func:`read_split_file`) and predict.py's pseudo-label CSVs.
 - :func:`read_meta`, :func:`read_confidence`: the meta.csv / confidence.csv side files.
 
-The fixed real-data split files themselves are written by ``utils.splits``; modalities missing
-from meta.csv are classified by ``utils.modality_cache``.
+The fixed real-data split files themselves are written by ``utils.real_splits``; modalities
+missing from meta.csv are classified by ``utils.modality_cache``.
 """
 from __future__ import annotations
 

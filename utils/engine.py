@@ -32,7 +32,7 @@ from tqdm import tqdm
 from models.awf import MAX_STRIDE  # multi-scale sizes are multiples of it
 from utils import dist as du
 from utils.checkpoint import load_checkpoint, save_checkpoint_atomic
-from utils.config import Hyp, from_dict, load_config, to_dict
+from utils.config import Hyp, from_dict, load_hyp, to_dict
 from utils.dataset import build_dataloader
 from utils.io import atomic_write, remove_stale_temporaries
 from utils.options import TrainOptions
@@ -87,7 +87,7 @@ class Task(ABC):
     def validate(self, model: nn.Module, device: torch.device) -> dict:
         """Metrics dict with at least ``fitness`` (higher is better), computed on rank 0."""
 
-    def before_training(self, model: nn.Module, dataset) -> None:
+    def before_training(self, model: nn.Module, dataset) -> None:  # noqa: B027 (optional hook)
         """Hook (e.g. autoanchor) run on every rank before DDP wraps the model."""
 
     def model_config(self, model: nn.Module) -> dict:
@@ -194,7 +194,7 @@ def run_training(task_cls: type[Task], opt: TrainOptions) -> Path:
         opt = resume_options(opt, ckpt)
         hyp = from_dict(Hyp, ckpt["hyp"], f"{opt.resume}: hyp")
     else:
-        hyp = load_config(Hyp, opt.hyp)
+        hyp = load_hyp(opt.hyp)
     du.start(opt.device)  # before the task: rank 0 builds its label cache while the others wait
     return Trainer(task_cls(opt, hyp), opt, ckpt).train()
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -197,7 +197,7 @@ def score_checkpoint(ckpt: Path, pairs: list, channels, device, amp: str) -> lis
     scores = []
     for image, label in pairs:
         raw, lab = load_pair(image, label, channels)
-        pred = router.segment(raw, normalize_image(raw)).label
+        pred = router.route_and_segment(raw, normalize_image(raw)).label
         scores.append(match_instances(lab, pred, threshold=0.5).f1)
     return scores
 

@@ -5,8 +5,8 @@ predict.py, evaluate.py and validation during training all call :class:`AWFSegme
 by ``params.scale``, runs images up to ``max_full_size`` a side as one region at native
 resolution and cuts larger ones into chunks (no cell cut at a seam, see utils/tiling.py), then
 maps the label back to the input resolution; with an AWF ``size_rule`` (utils/sizing.py) an image
-whose cells came out too small or too large is resized and segmented a second time. An AWF region's network maps come from
-Gaussian-weighted sliding windows with a global NMS over windows.
+whose cells came out too small or too large is resized and segmented a second time. An AWF
+region's network maps come from Gaussian-weighted sliding windows with a global NMS over windows.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import abc
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from models.awf import MAX_STRIDE
+from utils.branch_settings import BranchSettings
 from utils.flows import FLOW_THRESHOLD, MIN_SIZE, reconstruct_masks
 from utils.nms import merge_detections, non_max_suppression
 from utils.precision import Precision, resolve_precision
@@ -29,9 +29,6 @@ from utils.sizing import SizeRule
 from utils.tiling import (DEFAULT_CHUNK, DEFAULT_MARGIN, DEFAULT_OVERLAP, DEFAULT_WINDOW,
                           WindowAccumulator, gaussian_weight, segment_chunked_parts, window_grid)
 from utils.watershed import PostprocessParams, postprocess
-
-if TYPE_CHECKING:  # utils.routing imports this module
-    from utils.routing import BranchSettings
 
 LOGGER = logging.getLogger(__name__)
 
@@ -60,7 +57,8 @@ def median_diameter(label: np.ndarray) -> float:
 
 @dataclass(eq=False)
 class Segmentation:
-    """One image segmented (:meth:`Segmenter.segment`, ``utils.routing.Router.segment``)."""
+    """One image segmented (:meth:`Segmenter.segment`,
+    ``utils.routing.Router.route_and_segment``)."""
 
     label: np.ndarray         # (H, W) int32 (uint32 when chunked) instance ids, 0 = background
     modality: str = ""        # bf / fl / gs: set by the Router ("" from a bare segmenter)
@@ -123,8 +121,9 @@ class RunParams:
 @dataclass(kw_only=True)
 class InferenceParams(RunParams):
     """Settings of one AWF branch's run: its detection settings (``detection``, a
-    :class:`utils.routing.BranchSettings`, from data/routing.yaml: ``RoutingConfig.inference_params``)
-    and the run's resize, TTA, sliding windows and post-processing."""
+    :class:`utils.branch_settings.BranchSettings`, from data/routing.yaml:
+    ``RoutingConfig.inference_params``) and the run's resize, TTA, sliding windows and
+    post-processing."""
 
     detection: BranchSettings
     window: int = DEFAULT_WINDOW        # sliding window, pixels (utils.tiling)

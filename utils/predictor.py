@@ -104,7 +104,7 @@ class Predictor:
             source, raw = image, read_image(image)
         else:
             source, raw = "array", as_image(image)
-        return self.router.segment(*network_input(raw, self.channels, source))
+        return self.router.route_and_segment(*network_input(raw, self.channels, source))
 
 
 def prediction_defaults() -> dict:

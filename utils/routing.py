@@ -7,7 +7,7 @@ values (tests/test_predict.py checks this block against the file):
     ckpt_dir: ckpts
     model_dict: {general: general.pt, bf: bf.pt, gs: grayscale.pt, fl: fl.pt, omni: omnipose.pt}
     general: general
-    postprocess:
+    detection:
       bf: {conf_thres: 0.25, iou_thres: 0.25}
       gs: {conf_thres: 0.30, iou_thres: 0.25}
       fl: {conf_thres: 0.30, iou_thres: 0.30}
@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from models.loading import load_model
-from utils.config import REPO_ROOT, load_config
+from utils.branch_settings import BranchSettings
+from utils.config import REPO_ROOT, ConfigError, from_dict, load_config, load_yaml
 from utils.inference import (AWFSegmenter, InferenceParams, OmniposeParams, OmniposeSegmenter,
                              Segmentation)
 from utils.modality import MODALITIES, classify_modality
@@ -40,16 +41,9 @@ LOGGER = logging.getLogger(__name__)
 # The shipped routing configuration: the default of predict.py, evaluate.py, training validation
 # and utils.tune_nms.
 DEFAULT_ROUTING = REPO_ROOT / "data" / "routing.yaml"
-
-
-@dataclass
-class BranchSettings:
-    """Detection settings of one modality's AWF branch: a ``postprocess`` entry of
-    data/routing.yaml (tuned with ``python -m utils.tune_nms``)."""
-
-    conf_thres: float      # lowest detection score kept, 0..1
-    iou_thres: float       # NMS IoU threshold, 0..1
-    max_det: int = 3000    # detections kept per image at most (DSB images hold up to ~400 nuclei)
+# Renamed keys of the routing YAML: old name (still read, with a warning: user files may have it)
+# -> new name. ``postprocess`` held the detection settings (NMS), not the post-processing.
+RENAMED_KEYS = {"postprocess": "detection"}
 
 
 @dataclass
@@ -101,7 +95,7 @@ class RoutingConfig:
     ckpt_dir: str                            # relative to the repository root
     model_dict: dict[str, str]               # branch (general / bf / fl / gs / omni) -> checkpoint file
     general: str                             # the branch a missing checkpoint falls back to
-    postprocess: dict[str, BranchSettings]   # modality -> detection settings of its AWF branch
+    detection: dict[str, BranchSettings]     # modality -> detection settings of its AWF branch
     omni_rule: OmniRule
     size_rule: SizeRule                      # AWF branches: a second pass at the cells' scale
 
@@ -111,16 +105,16 @@ class RoutingConfig:
             raise ValueError(f"model_dict: unknown branch(es) {sorted(bad)}")
         if self.general not in self.model_dict:
             raise ValueError(f"general: {self.general} is not a key of model_dict")
-        if set(self.postprocess) != set(MODALITIES):
-            raise ValueError(f"postprocess: needs exactly the modalities {list(MODALITIES)}, "
-                             f"got {sorted(self.postprocess)}")
-        self.postprocess = {m: load_config(BranchSettings, s) for m, s in self.postprocess.items()}
+        if set(self.detection) != set(MODALITIES):
+            raise ValueError(f"detection: needs exactly the modalities {list(MODALITIES)}, "
+                             f"got {sorted(self.detection)}")
+        self.detection = {m: load_config(BranchSettings, s) for m, s in self.detection.items()}
         self.omni_rule = load_config(OmniRule, self.omni_rule)
         self.size_rule = load_config(SizeRule, self.size_rule)
 
     def inference_params(self, modality: str, overrides: Overrides | None = None) -> InferenceParams:
         """The AWF settings of ``modality``'s branch, with the run's command-line ``overrides``."""
-        return (overrides or Overrides()).params(self.postprocess[modality], self.size_rule)
+        return (overrides or Overrides()).params(self.detection[modality], self.size_rule)
 
 
 @dataclass
@@ -241,10 +235,10 @@ class Router:
                                      precision=self.precision)
         return AWFSegmenter(model, self.device, self.params(modality), precision=self.precision)
 
-    def segment(self, raw: np.ndarray, image: np.ndarray) -> Segmentation:
+    def route_and_segment(self, raw: np.ndarray, image: np.ndarray) -> Segmentation:
         """Raw image (for the modality) and network image ``(H, W, 3) uint8`` -> the
-        :class:`Segmentation` of the branch chosen, with its modality (the forced one when
-        ``modality`` is set), branch and timings."""
+        :class:`Segmentation` of the branch chosen (the modality's checkpoint, and the Omnipose
+        rule), with its modality (the forced one when ``modality`` is set), branch and timings."""
         t0 = time.perf_counter()
         modality = self.modality or classify_modality(raw)
         spent = {"modality": time.perf_counter() - t0}
@@ -268,8 +262,22 @@ def add_timings(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
     return {k: a.get(k, 0.0) + b.get(k, 0.0) for k in dict.fromkeys([*a, *b])}
 
 
+def renamed_keys(data: dict, where: str) -> dict:
+    """``data`` with the old names of :data:`RENAMED_KEYS` replaced by the new ones (one warning
+    each); a mapping that gives both names is a ConfigError."""
+    for old, new in RENAMED_KEYS.items():
+        if old in data:
+            if new in data:
+                raise ConfigError(f"{where}: {old} is the old name of {new}: give only {new}")
+            LOGGER.warning("%s: the key %s is deprecated, read as %s (rename it)", where, old, new)
+            data = {new if k == old else k: v for k, v in data.items()}
+    return data
+
+
 def load_routing(path=None, **changes) -> RoutingConfig:
     """A routing YAML (None = the shipped data/routing.yaml; a missing file is a ConfigError),
-    with optional field changes (``load_routing(ckpt_dir="ckpts")``)."""
-    cfg = load_config(RoutingConfig, DEFAULT_ROUTING if path is None else path)
+    with optional field changes (``load_routing(ckpt_dir="ckpts")``). The old key name
+    ``postprocess`` is read as ``detection`` (:data:`RENAMED_KEYS`)."""
+    path = DEFAULT_ROUTING if path is None else path
+    cfg = from_dict(RoutingConfig, renamed_keys(load_yaml(path), str(path)), str(path))
     return replace(cfg, **changes) if changes else cfg

@@ -5,7 +5,7 @@
 
 The network runs once per image; every (conf, iou) pair then re-runs NMS, the watershed
 post-processing and the challenge metric, with predict.py's max_det and post-processing. Prints
-the best pair per modality (the values for the ``postprocess`` section of data/routing.yaml) and
+the best pair per modality (the values for the ``detection`` section of data/routing.yaml) and
 the F1 of the pairs the routing YAML (``--routing``) sets now, the figures predict.py scores.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from models.loading import load_model
+from utils.branch_settings import BranchSettings
 from utils.cli import setup_logging
 from utils.config import load_data_config
 from utils.datasplits import resolve_split
@@ -29,7 +30,7 @@ from utils.metrics import match_instances
 from utils.modality import MODALITIES
 from utils.nms import non_max_suppression
 from utils.precision import MODES, log_precision, resolve_precision
-from utils.routing import DEFAULT_ROUTING, BranchSettings, load_routing
+from utils.routing import DEFAULT_ROUTING, load_routing
 from utils.watershed import PostprocessParams, postprocess
 
 LOGGER = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def main(argv=None):
                        # max_det and the post-processing (the same for every modality); conf and iou are swept
                        routing.inference_params(MODALITIES[0]), precision=precision)
     items = ((s.image.stem, cache.modality(s), cache.image(s), cache.label(s)) for s in samples)
-    frame = sweep(seg, list(items), args.conf, args.iou, routing.postprocess, seg.params.post)
+    frame = sweep(seg, list(items), args.conf, args.iou, routing.detection, seg.params.post)
     write_table(frame, args.output)
     print("best of the grid:")
     print(best_per_modality(frame).to_string(index=False))

@@ -1,10 +1,11 @@
-"""The fixed real-data splits (utils.splits): time blocks with a guard, files as the code makes them."""
+"""The fixed real-data splits (utils.real_splits): time blocks with a guard, files as the code
+makes them."""
 import re
 
 import pytest
 
 from tests.conftest import REPO
-from utils.splits import CTC_GUARD, block_split, ctc_split, write_splits
+from utils.real_splits import CTC_GUARD, block_split, ctc_split, write_splits
 
 SHARED = REPO.parent / "shared" / "data"
 

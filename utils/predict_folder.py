@@ -178,7 +178,8 @@ def predict_files(files: list[Path], router, out_dir, save_overlay: bool = False
                   records_csv=None, skip_existing: bool = False, save_rois: bool = False,
                   save_geojson: bool = False, channels: tuple[int, int] | None = None,
                   root=None) -> tuple[RunSummary, dict]:
-    """Segment ``files`` with ``router`` into ``out_dir/NAME_label.tiff``.
+    """Segment ``files`` with ``router`` (a :class:`utils.routing.Router`: ``route_and_segment``)
+    into ``out_dir/NAME_label.tiff``.
 
     ``channels``: (chan, chan2) picked from each raw image before normalisation
     (utils.io.network_input; an image without that channel fails alone). ``root``: the outputs
@@ -249,7 +250,7 @@ def _predict_one(path: Path, router, out_dir: Path, seen: dict, outputs: Outputs
         if name in done and done[name].image == image_rel:
             return None
         raw = read_image(path)
-        seg = router.segment(*network_input(raw, outputs.channels, path))
+        seg = router.route_and_segment(*network_input(raw, outputs.channels, path))
         label_path = out_dir / (name + LABEL_SUFFIX)
         write_label(label_path, seg.label)
         if outputs.pseudo:

@@ -1,6 +1,6 @@
 """The fixed train/validation splits of the real data of data/cells.yaml (data/splits/*.txt).
 
-    python -m utils.splits --root ../shared/data --out data/splits    # (re)writes ctc_*, monuseg_*
+    python -m utils.real_splits --root ../shared/data --out data/splits  # rewrites ctc_*, monuseg_*
 
 - ctc (Cell Tracking Challenge time-lapse frames): consecutive frames are near-duplicates, so
   each sequence is split in time blocks: the last ``VAL_FRACTION`` of its frames validate, and the
