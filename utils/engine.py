@@ -48,6 +48,9 @@ MIN_WARMUP_ITERS = 100
 WARMUP_MAX_FRACTION = 0.3
 # Seconds between progress-bar lines when stderr is a file, not a terminal (keeps nohup logs readable).
 LOG_BAR_INTERVAL = 60.0
+# --time fits the number of epochs to the budget after each of this many first epochs (the first
+# alone ran 4x slower than the next ones in a 2-core CPU finetuning: label cache, bf16 kernels).
+TIME_FIT_EPOCHS = 2
 
 
 def warmup_iters(warmup_epochs: float, nb: int, epochs: int) -> int:
@@ -434,8 +437,8 @@ class Trainer:
             stop = du.broadcast_object(stop, info)
             if stop:
                 break
-            if opt.time > 0 and epoch == 0 and not opt.resume:
-                nw = self._fit_epochs_to_time(time.time() - t_start, nb)
+            if opt.time > 0 and epoch - self.start_epoch < TIME_FIT_EPOCHS and not opt.resume:
+                nw = self._fit_epochs_to_time(time.time() - t_start, time.time() - t0, epoch, nb)
             epoch += 1
         du.barrier(info)
         du.cleanup(info)
@@ -444,9 +447,9 @@ class Trainer:
 
     def _out_of_time(self, t_start: float, epoch_s: float, epoch: int) -> bool:
         """``--time``: True when another epoch as long as this one would end past the budget
-        (the pace can change after the first epoch: another job on the machine); never on the
-        first epoch, which sets the number of epochs."""
-        if self.opt.time <= 0 or epoch == self.start_epoch:
+        (the pace can change: another job on the machine); never on the first TIME_FIT_EPOCHS
+        epochs, which set the number of epochs."""
+        if self.opt.time <= 0 or epoch - self.start_epoch < TIME_FIT_EPOCHS:
             return False
         if time.time() - t_start + epoch_s <= self.opt.time * 60.0:
             return False
@@ -454,19 +457,21 @@ class Trainer:
                     epoch + 1, self.opt.epochs)
         return True
 
-    def _fit_epochs_to_time(self, first_epoch_s: float, nb: int) -> int:
-        """``--time``: set ``opt.epochs`` to the epochs that fit the budget at the first epoch's
-        pace (rank 0's measure, shared), rebuild the learning-rate schedule over them (the
-        scheduler keeps its step count) and return the warm-up length in iterations."""
+    def _fit_epochs_to_time(self, elapsed_s: float, epoch_s: float, epoch: int, nb: int) -> int:
+        """``--time``: set ``opt.epochs`` to the epochs done plus those that fit the rest of the
+        budget at this epoch's pace (rank 0's measure, shared), rebuild the learning-rate
+        schedule over them (the scheduler keeps its step count) and return the warm-up length
+        in iterations. Called after each of the first TIME_FIT_EPOCHS epochs: the first one
+        also pays one-time costs (caches, workers, kernels) and would underestimate the pace."""
         opt = self.opt
-        fit = max(1, int(opt.time * 60.0 / max(first_epoch_s, 1e-6)))
-        opt.epochs = int(du.broadcast_object(fit, self.info))
+        rest = int(max(opt.time * 60.0 - elapsed_s, 0.0) / max(epoch_s, 1e-6))
+        opt.epochs = int(du.broadcast_object(max(epoch + 1, epoch + 1 + rest), self.info))
         self.lf = lr_lambda(self.hyp, opt.epochs, opt.cos_lr)
         self.scheduler.lr_lambdas = [self.lf] * len(self.optimizer.param_groups)
         for group in self.optimizer.param_groups:  # the next epoch's lr on the new schedule
-            group["lr"] = group["initial_lr"] * self.lf(1)
-        LOGGER.info("--time %.1f min: first epoch %.1f s, training %d epochs", opt.time,
-                    first_epoch_s, opt.epochs)
+            group["lr"] = group["initial_lr"] * self.lf(epoch + 1)
+        LOGGER.info("--time %.1f min: epoch %d took %.1f s, training %d epochs", opt.time,
+                    epoch + 1, epoch_s, opt.epochs)
         return warmup_iters(self.hyp.warmup_epochs, nb, opt.epochs)
 
     def _log_row(self, row: dict) -> None:
