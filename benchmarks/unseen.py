@@ -86,7 +86,8 @@ def main(argv=None) -> None:
     p.add_argument("--data", default="data/cells.yaml", help="dataset YAML with sources")
     p.add_argument("--source", required=True, help="the source held out, e.g. ctc_dic")
     p.add_argument("--weights", required=True, help="a checkpoint that never saw --source")
-    p.add_argument("--k", type=int, nargs="+", default=[1, 3, 10], help="images to finetune on")
+    p.add_argument("--k", type=int, nargs="*", default=[1, 3, 10],
+                   help="images to finetune on, one run each (none: zero-shot only)")
     p.add_argument("--minutes", type=float, default=10.0, help="finetune.py --minutes per run")
     p.add_argument("--pool", type=int, default=None, help="pool size (default: per source)")
     p.add_argument("--guard", type=int, default=None, help="images between pool and test")

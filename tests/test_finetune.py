@@ -135,3 +135,32 @@ def test_split_pairs_holds_back_from_three():
     assert held == [pairs[4]] and len(train) == 9
     with pytest.raises(InputError, match="nope"):
         split_pairs(pairs, val=["nope"])
+
+
+def test_prepared_dataset_keeps_the_chosen_channels_and_resizes_small_cells(tmp_path):
+    """--chan 3 --chan2 1 on a 3-channel image: the training copy holds (blue, red) as read back
+    by read_image; cells of ~7 px are enlarged as the size rule enlarges them at prediction."""
+    from utils.finetune import prepare_dataset, resize_factor
+    from utils.io import read_image, write_image
+    from utils.sizing import round_factor
+
+    label = np.zeros((60, 80), np.int32)
+    for i, (y, x) in enumerate([(10, 10), (30, 40), (45, 65)], start=1):
+        label[y - 3:y + 4, x - 3:x + 4] = i                          # 7 x 7 px cells
+    img = np.stack([label * 10, label * 20, label * 30], axis=2).astype(np.uint8)
+    (tmp_path / "in").mkdir()
+    write_image(tmp_path / "in" / "a.tif", img)
+    write_label(tmp_path / "in" / "a_label.tiff", label)
+    factor = resize_factor([label])
+    assert factor > 2.0 and factor == round_factor(factor)
+    yaml_path = prepare_dataset([(tmp_path / "in" / "a.tif", tmp_path / "in" / "a_label.tiff")],
+                                [], tmp_path / "ds", (3, 1), 1.0, epoch_size=16)
+    raw = read_image(tmp_path / "ds" / "train" / "images" / "a.tif")
+    assert raw.shape == (60, 80, 2)
+    assert np.array_equal(raw[..., 0], img[..., 2]) and np.array_equal(raw[..., 1], img[..., 0])
+    assert "epoch_size: 16" in yaml_path.read_text()
+    prepare_dataset([(tmp_path / "in" / "a.tif", tmp_path / "in" / "a_label.tiff")], [],
+                    tmp_path / "big", None, factor, epoch_size=16)
+    big = read_label(tmp_path / "big" / "train" / "labels" / "a_label.tiff")
+    assert big.shape == (round(60 * factor), round(80 * factor))
+    assert set(np.unique(big)) == {0, 1, 2, 3}
