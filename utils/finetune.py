@@ -235,9 +235,10 @@ def run_finetune(opt: FinetuneOptions) -> FinetuneResult:
     best = run_training(AWFTask, topt)
     out = strip_checkpoint(best, run_dir / "finetuned.pt", note=_note(opt, start, factor))
     after = score_checkpoint(out, scored, channels, device, opt.amp)
+    epochs = len((Path(topt.save_dir) / "results.csv").read_text().splitlines()) - 1  # run
     result = FinetuneResult(float(np.mean(before)), float(np.mean(after)),
                             [p[0].name for p in scored], bool(held), out, start,
-                            topt.epochs, (time.time() - t0) / 60.0, factor)
+                            epochs, (time.time() - t0) / 60.0, factor)
     (run_dir / "finetune.yaml").write_text(yaml.safe_dump(
         {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()},
         sort_keys=False))
