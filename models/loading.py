@@ -42,6 +42,8 @@ def load_model(path, kind: str | None = None) -> nn.Module:
             raise CheckpointError(f"a {found} checkpoint where a {kind} one is expected")
         model = build_model(found, ckpt.get("model_config"))
         model.load_state_dict(model_state(ckpt))
+        # the resize factor its training images had (finetune.py; 1 = native scale)
+        model.input_scale = float(ckpt.get("input_scale", 1.0))
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:  # weights of another model

@@ -164,3 +164,21 @@ def test_prepared_dataset_keeps_the_chosen_channels_and_resizes_small_cells(tmp_
     big = read_label(tmp_path / "big" / "train" / "labels" / "a_label.tiff")
     assert big.shape == (round(60 * factor), round(80 * factor))
     assert set(np.unique(big)) == {0, 1, 2, 3}
+
+
+def test_weights_trained_on_resized_images_predict_at_that_scale(tmp_path):
+    """finetune.py's input_scale travels in the checkpoint: prediction resizes by it instead of
+    the size rule, and an explicit --scale still wins."""
+    from utils.checkpoint import strip_checkpoint
+    from utils.config import REPO_ROOT
+    from utils.routing import Overrides, Router, load_routing
+
+    ckpt = strip_checkpoint(REPO_ROOT / "ckpts" / "fl.pt", tmp_path / "ft.pt", input_scale=0.5)
+    router = Router(load_routing(), torch.device("cpu"), ckpt=str(ckpt), amp="fp32")
+    params = router.segmenter(ckpt, "fl").params
+    assert params.scale == 0.5 and params.size_rule is None
+    fixed = Router(load_routing(), torch.device("cpu"), Overrides(scale=1.5), ckpt=str(ckpt),
+                   amp="fp32")
+    assert fixed.segmenter(ckpt, "fl").params.scale == 1.5
+    shipped = Router(load_routing(), torch.device("cpu"), amp="fp32", base_dir=REPO_ROOT)
+    assert shipped.segmenter(REPO_ROOT / "ckpts" / "fl.pt", "fl").params.size_rule is not None

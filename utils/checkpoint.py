@@ -68,9 +68,11 @@ def model_state(ckpt: dict) -> dict:
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
-def strip_checkpoint(src, dst, note: str = "") -> Path:
+def strip_checkpoint(src, dst, note: str = "", input_scale: float = 1.0) -> Path:
     """Shippable weights from a training checkpoint: the EMA weights in fp16, the model config and
     plain metadata (epoch, best fitness, hyps, the training options), no optimizer state.
+    ``input_scale``: the resize factor the training images had (finetune.py resizes cells into
+    the working range): prediction with these weights resizes images by it (utils.routing).
 
     A ResNet-18 AWF becomes ~23 MB. :func:`model_state` casts back to float32 on loading.
     """
@@ -79,7 +81,8 @@ def strip_checkpoint(src, dst, note: str = "") -> Path:
     slim = {"kind": ckpt.get("kind", "awf"), "model_config": ckpt.get("model_config", {}),
             "model": {k: (v.half() if v.is_floating_point() else v) for k, v in weights.items()},
             "epoch": ckpt.get("epoch", -1), "best_fitness": ckpt.get("best_fitness", -1.0),
-            "hyp": ckpt.get("hyp", {}), "opt": ckpt.get("opt", {}), "note": note}
+            "hyp": ckpt.get("hyp", {}), "opt": ckpt.get("opt", {}), "note": note,
+            "input_scale": float(input_scale)}
     return save_checkpoint_atomic(slim, dst)
 
 

@@ -14,8 +14,9 @@ on a CPU. Steps, each a function:
 6. :func:`score_checkpoint` before and after: the challenge metric on the held-back images
    (else the training images), through predict.py's own pipeline (utils.routing.Router), on the
    original images;
-7. the finetuned weights stripped to ``finetuned.pt`` (fp16 EMA), which predict.py --ckpt and the
-   Python API load.
+7. the finetuned weights stripped to ``finetuned.pt`` (fp16 EMA, with the training images' resize
+   factor as ``input_scale``: predict.py --ckpt and the Python API resize images by it, as the
+   weights learnt them, instead of applying the size rule).
 """
 from __future__ import annotations
 
@@ -233,7 +234,8 @@ def run_finetune(opt: FinetuneOptions) -> FinetuneResult:
                         cos_lr=True, seed=opt.seed, amp=opt.amp, val_period=1,
                         cache_images=True)
     best = run_training(AWFTask, topt)
-    out = strip_checkpoint(best, run_dir / "finetuned.pt", note=_note(opt, start, factor))
+    out = strip_checkpoint(best, run_dir / "finetuned.pt", note=_note(opt, start, factor),
+                           input_scale=factor)
     after = score_checkpoint(out, scored, channels, device, opt.amp)
     epochs = len((Path(topt.save_dir) / "results.csv").read_text().splitlines()) - 1  # run
     result = FinetuneResult(float(np.mean(before)), float(np.mean(after)),

@@ -233,7 +233,12 @@ class Router:
         if getattr(model, "kind", "awf") == "omnipose":
             return OmniposeSegmenter(model, self.device, self.overrides.omnipose_params(),
                                      precision=self.precision)
-        return AWFSegmenter(model, self.device, self.params(modality), precision=self.precision)
+        params = self.params(modality)
+        scale = getattr(model, "input_scale", 1.0)
+        if self.overrides.scale is None and scale != 1.0:
+            # weights trained on resized images (finetune.py): the same resize, no size rule
+            params = replace(params, scale=scale, size_rule=None)
+        return AWFSegmenter(model, self.device, params, precision=self.precision)
 
     def route_and_segment(self, raw: np.ndarray, image: np.ndarray) -> Segmentation:
         """Raw image (for the modality) and network image ``(H, W, 3) uint8`` -> the
