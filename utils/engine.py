@@ -412,12 +412,17 @@ class Trainer:
         LOGGER.info("training %s for %d epochs from epoch %d on %s, %d rank(s), batch %d per rank, "
                     "results in %s", self.task.kind, opt.epochs, self.start_epoch + 1, self.device,
                     info.world_size, self.batch_per_rank, self.save_dir)
-        t_start, epoch = time.time(), self.start_epoch
+        t_start, epoch, val_s = time.time(), self.start_epoch, 0.0
         while epoch < opt.epochs:
             t0 = time.time()
             row = {"epoch": epoch, **self._train_epoch(epoch, nw)}
             row["lr"] = self.optimizer.param_groups[1]["lr"]
             self.scheduler.step()
+            if opt.time > 0 and epoch - self.start_epoch < TIME_FIT_EPOCHS and not opt.resume:
+                # before the checkpoint, which must carry the epochs the run will have (resume);
+                # the validation about to run is counted at the last one's duration
+                nw = self._fit_epochs_to_time(time.time() - t_start + val_s,
+                                              time.time() - t0 + val_s, epoch, nb)
             stop = False
             if info.is_main:
                 out_of_time = self._out_of_time(t_start, time.time() - t0, epoch)
@@ -425,6 +430,7 @@ class Trainer:
                 metrics = {}
                 if (epoch + 1) % max(opt.val_period, 1) == 0 or last:
                     metrics = self.task.validate(self.ema.ema, self.device)
+                    val_s = metrics.get("seconds", val_s)
                 fitness = metrics.get("fitness", -1.0)
                 improved = bool(metrics) and fitness > self.best_fitness
                 if improved:
@@ -437,8 +443,6 @@ class Trainer:
             stop = du.broadcast_object(stop, info)
             if stop:
                 break
-            if opt.time > 0 and epoch - self.start_epoch < TIME_FIT_EPOCHS and not opt.resume:
-                nw = self._fit_epochs_to_time(time.time() - t_start, time.time() - t0, epoch, nb)
             epoch += 1
         du.barrier(info)
         du.cleanup(info)

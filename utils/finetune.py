@@ -32,10 +32,11 @@ import yaml
 from utils.checkpoint import strip_checkpoint
 from utils.config import REPO_ROOT
 from utils.inference import median_diameter
-from utils.io import InputError, normalize_image, select_channels, write_image, write_label
+from utils.io import InputError, select_channels, write_image, write_label
 from utils.metrics import match_instances
 from utils.modality import classify_modality
-from utils.routing import Overrides, Router, load_routing
+from utils.predictor import Predictor
+from utils.routing import load_routing
 from utils.user_labels import find_pairs, read_pair
 
 LOGGER = logging.getLogger(__name__)
@@ -191,15 +192,15 @@ def start_weights(weights: str, raws: list[np.ndarray]) -> Path:
 
 
 def score_checkpoint(ckpt: Path, pairs: list, channels, device, amp: str) -> list[float]:
-    """F1 at IoU 0.5 of each pair's original image, segmented by ``ckpt`` with predict.py's
-    pipeline (per-modality settings, size rule)."""
-    router = Router(load_routing(), device, Overrides(), ckpt=str(ckpt), amp=amp,
-                    base_dir=REPO_ROOT)
+    """F1 at IoU 0.5 of each pair's original image, segmented by ``ckpt`` exactly as predict.py
+    --ckpt does (utils.predictor.Predictor: channels, per-modality settings, scale)."""
+    chan, chan2 = channels if channels is not None else (None, 0)
+    predictor = Predictor.from_config(ckpt=str(ckpt), device=device, amp=amp, chan=chan,
+                                      chan2=chan2)
     scores = []
     for image, label in pairs:
-        raw, lab = load_pair(image, label, channels)
-        pred = router.route_and_segment(raw, normalize_image(raw)).label
-        scores.append(match_instances(lab, pred, threshold=0.5).f1)
+        raw, lab = read_pair(image, label)
+        scores.append(match_instances(lab, predictor.segment(raw).label, threshold=0.5).f1)
     return scores
 
 
