@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from tests.test_augment import make_label
-from utils.appearance import (add_noise, invert, is_grey, jitter_appearance, place_in_channel,
+from utils.appearance import (add_noise, apply_gamma, invert, is_grey, jitter_appearance, place_in_channel,
                               stain_jitter)
 from utils.augment import Tile, augment_tiles
 from utils.config import Hyp
 
 S = 96
-OPS = ("invert", "colour_place", "channel_shuffle", "stain", "blur", "noise")
+OPS = ("invert", "colour_place", "channel_shuffle", "stain", "gamma", "blur", "noise")
 OFF = {k: 0.0 for k in OPS}
 FG_GREY, BG_GREY = 200, 30
 HE_NUCLEUS, HE_BACKGROUND = (90, 50, 140), (235, 190, 215)   # haematoxylin purple on eosin pink
@@ -45,7 +45,8 @@ def alignment(img: np.ndarray, label: np.ndarray) -> float:
 
 @pytest.mark.parametrize("op,modality", [("invert", "fl"), ("invert", "gs"),
                                          ("colour_place", "fl"), ("channel_shuffle", "fl-colour"),
-                                         ("stain", "bf"), ("blur", "gs"), ("noise", "bf")])
+                                         ("stain", "bf"), ("gamma", "fl"), ("gamma", "bf"),
+                                         ("blur", "gs"), ("noise", "bf")])
 def test_each_operation_keeps_labels_aligned_through_the_training_transform(op, modality):
     hyp = Hyp(degrees=20.0, scale=0.3, mosaic=0.0, **{**OFF, op: 1.0})
     base = scene(modality)
@@ -94,6 +95,15 @@ def test_stain_jitter_identity_and_direction():
     darker = stain_jitter(img, np.array([1.5, 1.0, 1.0]), np.zeros(3))   # more haematoxylin
     fg = scene("bf").label > 0
     assert darker[fg].astype(int).sum() < img[fg].astype(int).sum()
+
+
+def test_gamma_keeps_the_ends_and_the_order_of_grey_levels():
+    ramp = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    assert np.array_equal(apply_gamma(ramp, 1.0), ramp)
+    for gamma in (0.5, 2.0):
+        out = apply_gamma(ramp, gamma).ravel().astype(int)
+        assert out[0] == 0 and out[-1] == 255 and np.all(np.diff(out) >= 0)
+    assert apply_gamma(ramp, 2.0)[8, 0] < 128 < apply_gamma(ramp, 0.5)[8, 0]   # darker / brighter
 
 
 def test_noise_keeps_grey_images_grey():

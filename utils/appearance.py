@@ -9,6 +9,7 @@ pixel, so the label map (and the boxes computed from it) stay aligned by constru
 - ``channel_shuffle``: a random permutation of the colour channels (multi-stain fluorescence);
 - ``stain``: H&E / HED stain jitter of brightfield images (colour deconvolution with
   scikit-image's Ruifrok-Johnston matrices, each stain's optical density scaled and shifted);
+- ``gamma``: a gamma curve (a camera's or a display's response, over- or under-exposure);
 - ``blur``: Gaussian blur (defocus, lower resolution optics);
 - ``noise``: additive Gaussian noise (low light, short exposure).
 
@@ -29,6 +30,9 @@ from utils.config import Hyp
 # larger a here covers the spread of the TCGA scanners of MoNuSeg).
 STAIN_SCALE = 0.2
 STAIN_SHIFT = 0.05
+# Gamma: the exponent is exp(U(-log G, log G)) with G = GAMMA_MAX (0.5 to 2: the range of the
+# gamma settings of ImageJ's "Gamma" command that a user applies to a dim image).
+GAMMA_MAX = 2.0
 # Blur: Gaussian sigma drawn from U(BLUR_SIGMA) pixels (1 px to 2 px of defocus at 256-px crops).
 BLUR_SIGMA = (0.5, 2.0)
 # Noise: standard deviation drawn from U(0, NOISE_MAX_STD) grey levels of 255.
@@ -67,6 +71,12 @@ def stain_jitter(img: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.nd
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
+def apply_gamma(img: np.ndarray, gamma: float) -> np.ndarray:
+    """``255 * (img / 255) ** gamma`` through a 256-entry table (uint8 in, uint8 out)."""
+    table = np.rint(255.0 * (np.arange(256) / 255.0) ** gamma).astype(np.uint8)
+    return table[img]
+
+
 def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian blur of ``img`` with ``sigma`` pixels (kernel from sigma, borders reflected)."""
     return cv2.GaussianBlur(img, (0, 0), sigmaX=sigma, sigmaY=sigma)
@@ -90,7 +100,7 @@ def jitter_appearance(img: np.ndarray, modality: str, hyp: Hyp,
 
     Stain jitter applies to brightfield ("bf") tiles, inversion and colour placement to grey ones
     (fl and gs; a grey bf tile too), channel shuffles to colour fluorescence; blur and noise to
-    all. Order: colour changes, then blur, then noise (noise is added after the optics).
+    all. Order: colour changes, gamma, then blur, then noise (noise is added after the optics).
     """
     grey = is_grey(img)
     if modality == "bf" and not grey and _draw(hyp.stain, rng):
@@ -102,6 +112,8 @@ def jitter_appearance(img: np.ndarray, modality: str, hyp: Hyp,
         img = place_in_channel(img, int(rng.integers(0, 3)))
     elif modality == "fl" and not grey and _draw(hyp.channel_shuffle, rng):
         img = np.ascontiguousarray(img[..., rng.permutation(3)])
+    if _draw(hyp.gamma, rng):
+        img = apply_gamma(img, float(np.exp(rng.uniform(-np.log(GAMMA_MAX), np.log(GAMMA_MAX)))))
     if _draw(hyp.blur, rng):
         img = gaussian_blur(img, float(rng.uniform(*BLUR_SIGMA)))
     if _draw(hyp.noise, rng):

@@ -161,6 +161,7 @@ class Hyp:
     colour_place: float = 0.0   # grey tiles: moved to one random colour channel
     channel_shuffle: float = 0.0  # colour fluorescence tiles: channels permuted
     stain: float = 0.0          # colour brightfield tiles: H&E (HED) stain jitter
+    gamma: float = 0.0          # gamma curve, exponent 0.5-2
     blur: float = 0.0           # Gaussian blur
     noise: float = 0.0          # additive Gaussian noise
     # weakly-supervised stage: pseudo labels under this confidence are ignored by the loss
@@ -171,7 +172,7 @@ class Hyp:
         if self.optimizer not in ("SGD", "Adam", "AdamW"):
             raise ValueError(f"optimizer must be SGD, Adam or AdamW, got {self.optimizer}")
         for name in ("mosaic", "flipud", "fliplr", "rot90", "invert", "colour_place",
-                     "channel_shuffle", "stain", "blur", "noise"):
+                     "channel_shuffle", "stain", "gamma", "blur", "noise"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} is a probability in [0, 1]")
         if not 0.0 <= self.multiscale < 1.0:
