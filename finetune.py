@@ -6,10 +6,11 @@
 
 Labels: labels/NAME_label.tiff (challenge layout), or Cellpose's NAME_masks.tif / NAME_masks.png /
 NAME_seg.npy (in the labels folder or beside the images). With 3 images or more, one in five (at
-least one) is held back: the best epoch is chosen on it and the F1 before and after is measured on
-it; with fewer, both are measured on the training images (optimistic). Writes
+least one) is held back and the F1 before and after is measured on it; then the same training is
+run again on every image (half the minutes each; --no-refit: one training, held-back images never
+trained on). With fewer, the F1 is measured on the training images (optimistic). Writes
 runs/finetune/NAME/finetuned.pt (fp16, for predict.py --ckpt and Predictor.from_config) and
-finetune.yaml (the figures); the training run itself is in runs/finetune/NAME/train/.
+finetune.yaml (the figures); the training runs are in runs/finetune/NAME/train*/.
 """
 import argparse
 import sys
@@ -42,6 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "--minutes)")
     p.add_argument("--val", nargs="*", default=None,
                    help="image names (stems) to hold back for validation (none given: chosen)")
+    p.add_argument("--no-refit", dest="refit", action="store_false",
+                   help="keep the weights trained without the held-back images (one training, "
+                        "all the minutes) instead of retraining on every image")
     p.add_argument("--img", type=int, default=d.img, help="training crop size (pixels)")
     p.add_argument("--batch", type=int, default=d.batch, help="batch size")
     p.add_argument("--workers", type=int, default=d.workers,
@@ -63,8 +67,9 @@ def main(argv=None) -> int:
     opt = FinetuneOptions(**{k: v for k, v in vars(args).items() if k != "quiet"})
     r = exit_on_error(run_finetune, opt)
     where = "held-back image(s)" if r.held_out else "training image(s), optimistic"
+    refit = f"; then {r.epochs} epochs on all the images" if r.refit else ""
     print(f"F1 before {r.before:.3f} -> after {r.after:.3f} on {len(r.scored_on)} {where}: "
-          f"{', '.join(r.scored_on)}")
+          f"{', '.join(r.scored_on)}{refit}")
     chans = "" if opt.chan is None else f" --chan {opt.chan} --chan2 {opt.chan2}"
     print(f"{r.epochs} epochs in {r.minutes:.1f} min; weights: {r.weights}\n"
           f"predict with: python predict.py -i IMAGES -o OUTPUT --ckpt {r.weights}{chans}")

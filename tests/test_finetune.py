@@ -57,6 +57,13 @@ def test_finetune_end_to_end_then_predict(tmp_path, challenge_set, run_script):
     # the training images of the run: 3 trained on, 1 held back (MIN_VAL_PAIRS = 3)
     assert len(list((tmp_path / "runs" / "ft" / "data" / "train" / "images").iterdir())) == 3
     assert len(list((tmp_path / "runs" / "ft" / "data" / "val" / "images").iterdir())) == 1
+    # then the refit: the same epochs on all 4, from the same start; the scored weights kept
+    assert len(list((tmp_path / "runs" / "ft" / "data_all" / "train" / "images").iterdir())) == 4
+    assert "then 1 epochs on all the images" in proc.stdout
+    assert "refit on all 4 images" in ckpt["note"]
+    assert (tmp_path / "runs" / "ft" / "validated.pt").is_file()
+    assert ckpt["opt"]["weights"] == torch.load(tmp_path / "runs" / "ft" / "validated.pt",
+                                                map_location="cpu", weights_only=True)["opt"]["weights"]
     out = tmp_path / "pred"
     run_script(["predict.py", "-i", challenge_set / "images", "-o", out, "--ckpt", weights,
                 "--device", "cpu"])
@@ -77,8 +84,13 @@ def test_cellpose_layout_is_read(tmp_path, challenge_set):
 
 def test_finetune_on_cellpose_layout_runs(tmp_path, challenge_set, run_script):
     folder = cellpose_copy(challenge_set, tmp_path / "cp")
-    run_script(["finetune.py", "-i", folder, *FAST, "--project", tmp_path / "runs"])
-    assert (tmp_path / "runs" / "exp" / "finetuned.pt").is_file()
+    proc = run_script(["finetune.py", "-i", folder, *FAST, "--project", tmp_path / "runs",
+                       "--no-refit"])
+    run = tmp_path / "runs" / "exp"
+    assert (run / "finetuned.pt").is_file()
+    # --no-refit: the held-back image is never trained on, one training only
+    assert not (run / "validated.pt").exists() and not (run / "data_all").exists()
+    assert "on all the images" not in proc.stdout
 
 
 def test_mismatched_pair_is_refused_in_one_line(tmp_path, challenge_set, run_script):

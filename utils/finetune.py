@@ -10,13 +10,16 @@ on a CPU. Steps, each a function:
    challenge-layout dataset with a dataset YAML, in the run folder;
 4. :func:`start_weights`: the shipped branch of the images' modality (or the ``--weights`` given);
 5. the training engine (``utils.engine.run_training``, the AWF task, data/hyps/hyp.finetune.yaml),
-   for ``minutes`` of training (``--time``: the epochs that fit, measured on the first one);
+   for ``minutes`` of training (``--time``: the epochs that fit, measured on the first ones; half
+   the minutes when step 7 follows); its last epoch is kept;
 6. :func:`score_checkpoint` before and after: the challenge metric on the held-back images
    (else the training images), through predict.py's own pipeline (utils.routing.Router), on the
    original images;
-7. the finetuned weights stripped to ``finetuned.pt`` (fp16 EMA, with the training images' resize
-   factor as ``input_scale``: predict.py --ckpt and the Python API resize images by it, as the
-   weights learnt them, instead of applying the size rule).
+7. with held-back images (and ``refit``), the same number of epochs again from the same start on
+   every image, held-back ones included: step 6 measured the recipe, this run uses all the labels;
+8. the weights stripped to ``finetuned.pt`` (fp16 EMA, with the training images' resize factor
+   as ``input_scale``: predict.py --ckpt and the Python API resize images by it, as the weights
+   learnt them, instead of applying the size rule); ``validated.pt``: step 6's weights.
 """
 from __future__ import annotations
 
@@ -74,6 +77,7 @@ class FinetuneOptions:
     project: str = "runs/finetune"
     seed: int = 0
     val: list[str] | None = None   # image stems to hold back (None: chosen by split_pairs)
+    refit: bool = True              # with held-back images: retrain on every image at the end
 
 
 @dataclass
@@ -89,6 +93,7 @@ class FinetuneResult:
     epochs: int
     minutes: float
     resize: float                   # resize factor of the training images (1 = as given)
+    refit: bool = False             # finetuned.pt retrained on every image (the held-back too)
 
 
 def split_pairs(pairs: list, val: list[str] | None = None, seed: int = 0):
@@ -204,12 +209,39 @@ def score_checkpoint(ckpt: Path, pairs: list, channels, device, amp: str) -> lis
     return scores
 
 
-def run_finetune(opt: FinetuneOptions) -> FinetuneResult:
-    """The whole finetuning (module docstring); returns the F1 before and after."""
-    from utils.dist import select_device
-    from utils.engine import increment_path, run_training
+def _train(opt: FinetuneOptions, data_yaml: Path, start: Path, run_dir: Path, name: str,
+           epochs: int, minutes: float) -> Path:
+    """One AWF training on a prepared dataset: ``epochs`` > 0 fixed, else ``minutes`` of
+    training (the engine's --time). Returns the run's last.pt (the end of the schedule: with one
+    held-back image, a best epoch picked on it is noise, and the refit has no image to pick on)."""
+    from utils.engine import run_training
     from utils.options import TrainOptions
     from utils.tasks import AWFTask
+
+    topt = TrainOptions(data=str(data_yaml), hyp=str(FINETUNE_HYP), weights=str(start),
+                        img=opt.img, batch=opt.batch, epochs=epochs or 1000,
+                        time=0.0 if epochs else minutes, workers=opt.workers, device=opt.device,
+                        name=name, project=str(run_dir), exist_ok=True, patience=0,
+                        cos_lr=True, seed=opt.seed, amp=opt.amp, val_period=1,
+                        cache_images=True)
+    run_training(AWFTask, topt)
+    return Path(topt.save_dir) / "weights" / "last.pt"
+
+
+def epochs_run(last: Path) -> int:
+    """The epochs a run made (rows of its results.csv, beside weights/)."""
+    return len((last.parent.parent / "results.csv").read_text().splitlines()) - 1
+
+
+def run_finetune(opt: FinetuneOptions) -> FinetuneResult:
+    """The whole finetuning (module docstring); returns the F1 before and after.
+
+    With held-back images and ``opt.refit``, the time is split in two: the first training (on
+    the other images) is the one scored on the held-back images; the second repeats its schedule
+    (same epochs) on every image and gives finetuned.pt (with 3 images, half as much data again;
+    the gain is measured in ckpts/README.md, leave one source out)."""
+    from utils.dist import select_device
+    from utils.engine import increment_path
 
     t0 = time.time()
     channels = None if opt.chan is None else (opt.chan, opt.chan2)
@@ -218,30 +250,35 @@ def run_finetune(opt: FinetuneOptions) -> FinetuneResult:
     loaded = [load_pair(i, lab, channels) for i, lab in train]
     factor = resize_factor([lab for _, lab in loaded])
     run_dir = increment_path(Path(opt.project) / opt.name, exist_ok=False)
-    data_yaml = prepare_dataset(train, held, run_dir / "data", channels, factor,
-                                EPOCH_BATCHES * opt.batch)
+    epoch_size = EPOCH_BATCHES * opt.batch
+    data_yaml = prepare_dataset(train, held, run_dir / "data", channels, factor, epoch_size)
     start = start_weights(opt.weights, [raw for raw, _ in loaded])
     scored = held or train
+    refit = bool(held) and opt.refit
     device = select_device(opt.device)
     before = score_checkpoint(start, scored, channels, device, opt.amp)
     LOGGER.info("%d training image(s), %d held back; cells resized x%.3g; F1 before %.3f",
                 len(train), len(held), factor, float(np.mean(before)))
     budget = 0.0 if opt.epochs > 0 else max(opt.minutes - SCORING_RESERVE_MIN
                                             - (time.time() - t0) / 60.0, 0.5)
-    topt = TrainOptions(data=str(data_yaml), hyp=str(FINETUNE_HYP), weights=str(start),
-                        img=opt.img, batch=opt.batch, epochs=opt.epochs or 1000,
-                        time=budget, workers=opt.workers, device=opt.device,
-                        name="train", project=str(run_dir), exist_ok=True, patience=0,
-                        cos_lr=True, seed=opt.seed, amp=opt.amp, val_period=1,
-                        cache_images=True)
-    best = run_training(AWFTask, topt)
-    out = strip_checkpoint(best, run_dir / "finetuned.pt", note=_note(opt, start, factor),
-                           input_scale=factor)
-    after = score_checkpoint(out, scored, channels, device, opt.amp)
-    epochs = len((Path(topt.save_dir) / "results.csv").read_text().splitlines()) - 1  # run
+    last = _train(opt, data_yaml, start, run_dir, "train", opt.epochs, budget / (2 if refit else 1))
+    epochs = epochs_run(last)
+    note = _note(opt, start, factor)
+    validated = strip_checkpoint(last, run_dir / ("validated.pt" if refit else "finetuned.pt"),
+                                 note=note, input_scale=factor)
+    after = score_checkpoint(validated, scored, channels, device, opt.amp)
+    out = validated
+    if refit:
+        LOGGER.info("F1 after %.3f on the held-back image(s); the same %d epochs on all %d images",
+                    float(np.mean(after)), epochs, len(pairs))
+        all_yaml = prepare_dataset(train + held, [], run_dir / "data_all", channels, factor,
+                                   epoch_size)
+        last = _train(opt, all_yaml, start, run_dir, "train_all", epochs, 0.0)
+        out = strip_checkpoint(last, run_dir / "finetuned.pt",
+                               note=note + f"; refit on all {len(pairs)} images", input_scale=factor)
     result = FinetuneResult(float(np.mean(before)), float(np.mean(after)),
                             [p[0].name for p in scored], bool(held), out, start,
-                            epochs, (time.time() - t0) / 60.0, factor)
+                            epochs, (time.time() - t0) / 60.0, factor, refit)
     (run_dir / "finetune.yaml").write_text(yaml.safe_dump(
         {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()},
         sort_keys=False))
