@@ -1,6 +1,6 @@
 """Leave one source out: a kind of image the weights never saw, zero-shot and after finetune.py.
 
-    python -m benchmarks.unseen --source ctc_dic --weights NEVER_SAW_IT.pt --k 1 3 10 --minutes 8
+    python -m benchmarks.unseen --source ctc_dic --weights NEVER_SAW_IT.pt --k 1 3 10 --minutes 10
     python -m benchmarks.unseen --source monuseg --weights NEVER_SAW_IT.pt
 
 The developers' stand-in for "a kind never seen": ``--weights`` must be a checkpoint that never
@@ -10,10 +10,10 @@ CTC frame and no H&E tile). The source's images (every split of the dataset YAML
 first ``pool`` images to finetune from and, after ``guard`` images left out (time-lapse
 neighbours are near-duplicates), the test images, the same for every K. Zero-shot is
 ``--weights`` on the test images; for each K, finetune.py's own code (utils.finetune.run_finetune,
-its defaults: 1 in 5 held back from 3 images on) runs on K pool images spread evenly over the pool,
-then the finetuned weights are scored on the test images. Scores: the challenge metric (F1 at IoU
-0.5, mean over images) with predict.py's pipeline. Rows are appended to ``--out`` (CSV) as each
-run finishes, and printed as a table.
+its defaults: from 3 images on, 1 in 5 held back to measure, then a refit on all K) runs on K pool
+images spread evenly over the pool, then the finetuned weights are scored on the test images.
+Scores: the challenge metric (F1 at IoU 0.5, mean over images) with predict.py's pipeline. Rows
+are appended to ``PROJECT/unseen.csv`` as each run finishes, and printed as a table.
 """
 from __future__ import annotations
 
@@ -91,6 +91,8 @@ def main(argv=None) -> None:
     p.add_argument("--minutes", type=float, default=10.0, help="finetune.py --minutes per run")
     p.add_argument("--pool", type=int, default=None, help="pool size (default: per source)")
     p.add_argument("--guard", type=int, default=None, help="images between pool and test")
+    p.add_argument("--seed", type=int, default=0,
+                   help="finetune.py --seed (training draws and the held-back choice)")
     p.add_argument("--device", default="", help="cuda device or cpu")
     p.add_argument("--project", default="runs/unseen", help="folder of the runs and the CSV")
     p.add_argument("--tag", default="", help="a label for this base in the CSV (e.g. before)")
@@ -105,7 +107,7 @@ def main(argv=None) -> None:
     project.mkdir(parents=True, exist_ok=True)
     out = project / "unseen.csv"
     common = {"source": args.source, "weights": Path(args.weights).name, "tag": args.tag,
-              "n_test": len(test)}
+              "seed": args.seed, "n_test": len(test)}
     t0 = time.time()
     zero = float(np.mean(score_checkpoint(Path(args.weights), test, None, device, "auto")))
     append_row(out, {**common, "k": 0, "f1": zero, "minutes": 0.0,
@@ -116,7 +118,7 @@ def main(argv=None) -> None:
         name = f"{args.source}_k{k}{'_' + args.tag if args.tag else ''}"
         images = link_folder(chosen, project / "inputs" / name)
         r = run_finetune(FinetuneOptions(images=str(images), weights=args.weights,
-                                         minutes=args.minutes, device=args.device,
+                                         minutes=args.minutes, device=args.device, seed=args.seed,
                                          name=name, project=str(project)))
         t1 = time.time()
         f1 = float(np.mean(score_checkpoint(r.weights, test, None, device, "auto")))
