@@ -30,8 +30,8 @@ from utils.config import Hyp
 # larger a here covers the spread of the TCGA scanners of MoNuSeg).
 STAIN_SCALE = 0.2
 STAIN_SHIFT = 0.05
-# Gamma: the exponent is exp(U(-log G, log G)) with G = GAMMA_MAX (0.5 to 2: the range of the
-# gamma settings of ImageJ's "Gamma" command that a user applies to a dim image).
+# Gamma: the exponent is exp(U(-log G, log G)) with G = GAMMA_MAX, i.e. 0.5 to 2 (this project's
+# choice, not tuned: within a factor of two of a linear response either way).
 GAMMA_MAX = 2.0
 # Blur: Gaussian sigma drawn from U(BLUR_SIGMA) pixels (1 px to 2 px of defocus at 256-px crops).
 BLUR_SIGMA = (0.5, 2.0)
