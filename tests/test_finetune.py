@@ -10,6 +10,7 @@ import pytest
 import tifffile
 import torch
 
+from utils.checkpoint import load_checkpoint
 from utils.finetune import split_pairs
 from utils.io import InputError, read_label, write_label
 from utils.synthetic import write_dataset
@@ -62,8 +63,8 @@ def test_finetune_end_to_end_then_predict(tmp_path, challenge_set, run_script):
     assert "then 1 epochs on all the images" in proc.stdout
     assert "refit on all 4 images" in ckpt["note"]
     assert (tmp_path / "runs" / "ft" / "validated.pt").is_file()
-    assert ckpt["opt"]["weights"] == torch.load(tmp_path / "runs" / "ft" / "validated.pt",
-                                                map_location="cpu", weights_only=True)["opt"]["weights"]
+    validated = load_checkpoint(tmp_path / "runs" / "ft" / "validated.pt")
+    assert ckpt["opt"]["weights"] == validated["opt"]["weights"]
     out = tmp_path / "pred"
     run_script(["predict.py", "-i", challenge_set / "images", "-o", out, "--ckpt", weights,
                 "--device", "cpu"])
