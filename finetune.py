@@ -8,9 +8,11 @@ Labels: labels/NAME_label.tiff (challenge layout), or Cellpose's NAME_masks.tif 
 NAME_seg.npy (in the labels folder or beside the images). With 3 images or more, one in five (at
 least one) is held back and the F1 before and after is measured on it; then the same training is
 run again on every image (half the minutes each; --no-refit: one training, held-back images never
-trained on). With fewer, the F1 is measured on the training images (optimistic). Writes
-runs/finetune/NAME/finetuned.pt (fp16, for predict.py --ckpt and Predictor.from_config) and
-finetune.yaml (the figures); the training runs are in runs/finetune/NAME/train*/.
+trained on); the detection thresholds are tuned on the held-back images when they hold enough
+cells (--no-tune: data/routing.yaml's). With fewer, the F1 is measured on the training images
+(optimistic). Writes runs/finetune/NAME/finetuned.pt (fp16, for predict.py --ckpt and
+Predictor.from_config) and finetune.yaml (the figures); the training runs are in
+runs/finetune/NAME/train*/.
 """
 import argparse
 import sys
@@ -46,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-refit", dest="refit", action="store_false",
                    help="keep the weights trained without the held-back images (one training, "
                         "all the minutes) instead of retraining on every image")
+    p.add_argument("--no-tune", dest="tune", action="store_false",
+                   help="keep data/routing.yaml's detection thresholds instead of those tuned on "
+                        "the held-back images")
     p.add_argument("--img", type=int, default=d.img, help="training crop size (pixels)")
     p.add_argument("--batch", type=int, default=d.batch, help="batch size")
     p.add_argument("--workers", type=int, default=d.workers,
@@ -70,6 +75,13 @@ def main(argv=None) -> int:
     refit = f"; then {r.epochs} epochs on all the images" if r.refit else ""
     print(f"F1 before {r.before:.3f} -> after {r.after:.3f} on {len(r.scored_on)} {where}: "
           f"{', '.join(r.scored_on)}{refit}")
+    t = r.tuning
+    if t is not None:
+        verdict = (f"stored conf {t.settings['conf_thres']:g} iou {t.settings['iou_thres']:g}"
+                   if t.settings else "kept data/routing.yaml's")
+        print(f"detection thresholds on the held-back image(s), {t.cells} cells: F1 "
+              f"{t.default_f1:.3f} with the routing's, {t.best_f1:.3f} at the best of the grid "
+              f"(chosen on them); {verdict}")
     chans = "" if opt.chan is None else f" --chan {opt.chan} --chan2 {opt.chan2}"
     print(f"{r.epochs} epochs in {r.minutes:.1f} min; weights: {r.weights}\n"
           f"predict with: python predict.py -i IMAGES -o OUTPUT --ckpt {r.weights}{chans}")

@@ -81,6 +81,28 @@ def append_row(path: Path, row: dict) -> None:
     frame.to_csv(path, mode="a", header=not path.exists(), index=False)
 
 
+# Columns of finetune.py's threshold tuning (NaN for zero-shot rows and runs without held-back
+# images), the same in every row of the CSV.
+TUNING_COLUMNS = ("tune_cells", "tune_val_routing", "tune_val_best", "tune_pair", "tune_stored",
+                  "f1_routing", "f1_best_pair")
+
+
+def tuning_columns(tuning, weights: Path, test: list, f1: float, device) -> dict:
+    """finetune.py's threshold tuning (held-back images) and what it does on the test images:
+    F1 with data/routing.yaml's pair and with the held-back images' best pair (one of the two
+    is ``f1``, the pair the checkpoint carries; the other is scored here)."""
+    if tuning is None:
+        return dict.fromkeys(TUNING_COLUMNS, np.nan)
+    stored = bool(tuning.settings)
+    other = tuning.routing if stored else tuning.best
+    f1_other = float(np.mean(score_checkpoint(weights, test, None, device, "auto", **other)))
+    return {"tune_cells": tuning.cells, "tune_val_routing": round(tuning.default_f1, 4),
+            "tune_val_best": round(tuning.best_f1, 4),
+            "tune_pair": f"{tuning.best['conf_thres']}/{tuning.best['iou_thres']}",
+            "tune_stored": stored, "f1_routing": f1_other if stored else f1,
+            "f1_best_pair": f1 if stored else f1_other}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="data/cells.yaml", help="dataset YAML with sources")
@@ -111,7 +133,8 @@ def main(argv=None) -> None:
     t0 = time.time()
     zero = float(np.mean(score_checkpoint(Path(args.weights), test, None, device, "auto")))
     append_row(out, {**common, "k": 0, "f1": zero, "minutes": 0.0,
-                     "scoring_s": round(time.time() - t0, 1), "f1_val": np.nan})
+                     "scoring_s": round(time.time() - t0, 1), "f1_val": np.nan,
+                     **dict.fromkeys(TUNING_COLUMNS, np.nan)})
     LOGGER.info("%s zero-shot: F1 %.3f on %d test images", args.source, zero, len(test))
     for k in args.k:
         chosen = spread(pool, k)
@@ -123,7 +146,8 @@ def main(argv=None) -> None:
         t1 = time.time()
         f1 = float(np.mean(score_checkpoint(r.weights, test, None, device, "auto")))
         append_row(out, {**common, "k": k, "f1": f1, "minutes": round(r.minutes, 2),
-                         "scoring_s": round(time.time() - t1, 1), "f1_val": r.after})
+                         "scoring_s": round(time.time() - t1, 1), "f1_val": r.after,
+                         **tuning_columns(r.tuning, r.weights, test, f1, device)})
         LOGGER.info("%s K=%d: F1 %.3f on the test images (zero-shot %.3f), %.1f min", args.source,
                     k, f1, zero, r.minutes)
     frame = pd.read_csv(out)

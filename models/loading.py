@@ -5,7 +5,7 @@ import logging
 
 import torch.nn as nn
 
-from utils.checkpoint import CheckpointError, load_checkpoint, model_state
+from utils.checkpoint import CheckpointError, load_checkpoint, model_state, tuned_detection
 from utils.io import one_line
 
 LOGGER = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ def load_model(path, kind: str | None = None) -> nn.Module:
         model.load_state_dict(model_state(ckpt))
         # the resize factor its training images had (finetune.py; 1 = native scale)
         model.input_scale = float(ckpt.get("input_scale", 1.0))
+        # detection settings tuned for these weights (finetune.py; {} = data/routing.yaml's)
+        model.detection = tuned_detection(ckpt.get("detection") or {})
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:  # weights of another model

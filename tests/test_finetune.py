@@ -195,3 +195,59 @@ def test_weights_trained_on_resized_images_predict_at_that_scale(tmp_path):
     assert fixed.segmenter(ckpt, "fl").params.scale == 1.5
     shipped = Router(load_routing(), torch.device("cpu"), amp="fp32", base_dir=REPO_ROOT)
     assert shipped.segmenter(REPO_ROOT / "ckpts" / "fl.pt", "fl").params.size_rule is not None
+
+
+def test_checkpoint_detection_settings_are_used_and_flags_still_win(tmp_path):
+    """Thresholds tuned by finetune.py travel in the checkpoint: prediction uses them instead of
+    data/routing.yaml's, a --conf-thres still wins, and a checkpoint cannot set other keys."""
+    from utils.branch_settings import BranchSettings
+    from utils.checkpoint import strip_checkpoint
+    from utils.config import REPO_ROOT
+    from utils.routing import Overrides, Router, load_routing
+
+    shipped = REPO_ROOT / "ckpts" / "fl.pt"
+    ckpt = strip_checkpoint(shipped, tmp_path / "ft.pt", input_scale=1.5,
+                            detection={"conf_thres": 0.45, "iou_thres": 0.2})
+    router = Router(load_routing(), torch.device("cpu"), ckpt=str(ckpt), amp="fp32")
+    assert router.segmenter(ckpt, "fl").params.detection == BranchSettings(0.45, 0.2, 3000)
+    flag = Router(load_routing(), torch.device("cpu"), Overrides(conf_thres=0.1), ckpt=str(ckpt),
+                  amp="fp32")
+    assert flag.segmenter(ckpt, "fl").params.detection == BranchSettings(0.1, 0.2, 3000)
+    routed = Router(load_routing(), torch.device("cpu"), amp="fp32", base_dir=REPO_ROOT)
+    assert routed.segmenter(shipped, "fl").params.detection == load_routing().detection["fl"]
+    with pytest.raises(ValueError, match="max_det cannot be tuned"):
+        strip_checkpoint(shipped, tmp_path / "bad.pt", detection={"max_det": 10})
+    with pytest.raises(ValueError, match="conf_thres 1.5 is outside"):
+        strip_checkpoint(shipped, tmp_path / "bad.pt", detection={"conf_thres": 1.5})
+
+
+def test_tune_detection_scores_as_prediction_does_and_keeps_only_a_gain(tmp_path, challenge_set,
+                                                                         monkeypatch):
+    """The sweep's F1 at data/routing.yaml's pair is the F1 predict.py --ckpt scores (the
+    checkpoint's resize included); the best pair is stored only past the cell and gain bars."""
+    import utils.finetune as ft
+    from utils.checkpoint import strip_checkpoint
+    from utils.config import REPO_ROOT
+
+    ckpt = strip_checkpoint(REPO_ROOT / "ckpts" / "fl.pt", tmp_path / "ft.pt", input_scale=1.5)
+    pairs = find_pairs(challenge_set / "images")[:2]
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(ft, "MIN_TUNE_CELLS", 0)
+    monkeypatch.setattr(ft, "TUNE_MIN_GAIN", -1.0)
+    tuning = ft.tune_detection(ckpt, pairs, None, cpu, "fp32")
+    assert tuning.default_f1 == pytest.approx(np.mean(ft.score_checkpoint(ckpt, pairs, None, cpu,
+                                                                          "fp32")), abs=1e-9)
+    assert tuning.best_f1 >= tuning.default_f1 - 1e-9
+    assert tuning.settings == tuning.best and tuning.best["conf_thres"] in ft.TUNE_CONFS
+    truth = [read_label(lab) for _, lab in pairs]
+    assert tuning.cells == sum(len(np.unique(t[t > 0])) for t in truth)
+    monkeypatch.setattr(ft, "MIN_TUNE_CELLS", tuning.cells + 1)
+    assert ft.tune_detection(ckpt, pairs, None, cpu, "fp32").settings == {}
+    # a grid of the routing's own pair only: no gain, and data/routing.yaml's is kept
+    monkeypatch.setattr(ft, "MIN_TUNE_CELLS", 0)
+    monkeypatch.setattr(ft, "TUNE_MIN_GAIN", 0.01)
+    monkeypatch.setattr(ft, "TUNE_CONFS", (tuning.routing["conf_thres"],))
+    monkeypatch.setattr(ft, "TUNE_IOUS", (tuning.routing["iou_thres"],))
+    tie = ft.tune_detection(ckpt, pairs, None, cpu, "fp32")
+    assert tie.best == tuning.routing and tie.settings == {}
+    assert tie.best_f1 == pytest.approx(tie.default_f1, abs=1e-9)

@@ -68,11 +68,32 @@ def model_state(ckpt: dict) -> dict:
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
-def strip_checkpoint(src, dst, note: str = "", input_scale: float = 1.0) -> Path:
+# The detection settings a checkpoint may carry (utils.branch_settings.BranchSettings names).
+TUNABLE_DETECTION = ("conf_thres", "iou_thres")
+
+
+def tuned_detection(detection: dict) -> dict:
+    """``detection`` as a checkpoint stores it: TUNABLE_DETECTION keys only (a ValueError names
+    another), floats in [0, 1]."""
+    extra = sorted(set(detection) - set(TUNABLE_DETECTION))
+    if extra:
+        raise ValueError(f"detection: {', '.join(extra)} cannot be tuned per checkpoint "
+                         f"(only {', '.join(TUNABLE_DETECTION)})")
+    out = {k: float(v) for k, v in detection.items()}
+    bad = [k for k, v in out.items() if not 0.0 <= v <= 1.0]
+    if bad:
+        raise ValueError(f"detection: {bad[0]} {out[bad[0]]} is outside 0..1")
+    return out
+
+
+def strip_checkpoint(src, dst, note: str = "", input_scale: float = 1.0,
+                     detection: dict | None = None) -> Path:
     """Shippable weights from a training checkpoint: the EMA weights in fp16, the model config and
     plain metadata (epoch, best fitness, hyps, the training options), no optimizer state.
     ``input_scale``: the resize factor the training images had (finetune.py resizes cells into
     the working range): prediction with these weights resizes images by it (utils.routing).
+    ``detection``: detection settings tuned for these weights (``{"conf_thres": 0.4}``,
+    finetune.py), used by prediction instead of data/routing.yaml's (flags still win).
 
     A ResNet-18 AWF becomes ~23 MB. :func:`model_state` casts back to float32 on loading.
     """
@@ -82,7 +103,8 @@ def strip_checkpoint(src, dst, note: str = "", input_scale: float = 1.0) -> Path
             "model": {k: (v.half() if v.is_floating_point() else v) for k, v in weights.items()},
             "epoch": ckpt.get("epoch", -1), "best_fitness": ckpt.get("best_fitness", -1.0),
             "hyp": ckpt.get("hyp", {}), "opt": ckpt.get("opt", {}), "note": note,
-            "input_scale": float(input_scale)}
+            "input_scale": float(input_scale),
+            "detection": tuned_detection(detection or {})}
     return save_checkpoint_atomic(slim, dst)
 
 

@@ -130,12 +130,14 @@ def add_prediction_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--device", help="CUDA device, e.g. 0, or cpu (default: auto: the first CUDA "
                                     "GPU, else the CPU)")
     p.add_argument("--conf-thres", type=float,
-                   help=f"detection confidence threshold for every image (default: per modality "
-                        f"from --routing; {routing}: {_per_modality('conf_thres')}). AWF "
+                   help=f"detection confidence threshold for every image (default: a "
+                        f"finetune.py checkpoint's own, else per modality from --routing; "
+                        f"{routing}: {_per_modality('conf_thres')}). AWF "
                         "branches; refused for an Omnipose --ckpt: it has no detection step")
     p.add_argument("--iou-thres", type=float,
-                   help=f"NMS IoU threshold for every image (default: per modality from --routing;"
-                        f" {routing}: {_per_modality('iou_thres')}). AWF branches")
+                   help=f"NMS IoU threshold for every image (default: a finetune.py checkpoint's"
+                        f" own, else per modality from --routing; {routing}: "
+                        f"{_per_modality('iou_thres')}). AWF branches")
     p.add_argument("--max-det", type=int,
                    help=f"most detections kept per image (default: per modality from --routing; "
                         f"{routing}: {_per_modality('max_det')}). AWF branches")

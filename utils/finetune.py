@@ -15,11 +15,14 @@ on a CPU. Steps, each a function:
 6. :func:`score_checkpoint` before and after: the challenge metric on the held-back images
    (else the training images), through predict.py's own pipeline (utils.routing.Router), on the
    original images;
-7. with held-back images (and ``refit``), the same number of epochs again from the same start on
+7. with held-back images (and ``tune``), :func:`tune_detection`: the detection thresholds swept
+   on them with step 6's weights, the best pair kept when the images hold enough cells for it;
+8. with held-back images (and ``refit``), the same number of epochs again from the same start on
    every image, held-back ones included: step 6 measured the recipe, this run uses all the labels;
-8. the weights stripped to ``finetuned.pt`` (fp16 EMA, with the training images' resize factor
+9. the weights stripped to ``finetuned.pt`` (fp16 EMA, with the training images' resize factor
    as ``input_scale``: predict.py --ckpt and the Python API resize images by it, as the weights
-   learnt them, instead of applying the size rule); ``validated.pt``: step 6's weights.
+   learnt them, instead of applying the size rule; and step 7's thresholds, if kept);
+   ``validated.pt``: step 6's weights.
 """
 from __future__ import annotations
 
@@ -55,6 +58,17 @@ MIN_VAL_PAIRS = 3
 VAL_FRACTION = 0.2
 # Minutes kept out of the budget for the scoring before and after (a few images each).
 SCORING_RESERVE_MIN = 0.5
+# Detection thresholds tuned for the finetuned weights on the held-back images (utils.tune_nms's
+# sweep of validated.pt; one network pass per image): this grid, and the best pair is stored in
+# finetuned.pt when the held-back labels hold MIN_TUNE_CELLS cells or more and it beats the
+# modality's data/routing.yaml pair by TUNE_MIN_GAIN F1 or more. Set in docs/EXPERIMENTS.md
+# (issue #23, leave one source out, K = 3 and 10): the three held-back gains of 0.06-0.19 (two on
+# DIC frames of 10 and 18 cells) became +0.015 to +0.031 on the test images; gains under 0.002
+# and a tie became -0.013 to +0.019 (noise).
+TUNE_CONFS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
+TUNE_IOUS = (0.15, 0.2, 0.25, 0.3, 0.35, 0.45)
+MIN_TUNE_CELLS = 10
+TUNE_MIN_GAIN = 0.01
 
 
 @dataclass
@@ -78,6 +92,19 @@ class FinetuneOptions:
     seed: int = 0
     val: list[str] | None = None   # image stems to hold back (None: chosen by split_pairs)
     refit: bool = True              # with held-back images: retrain on every image at the end
+    tune: bool = True               # with held-back images: tune the detection thresholds
+
+
+@dataclass
+class DetectionTuning:
+    """The threshold sweep of :func:`tune_detection` on the held-back images."""
+
+    settings: dict          # {"conf_thres", "iou_thres"} to store, {} = keep data/routing.yaml's
+    default_f1: float       # mean F1 with data/routing.yaml's pair
+    best_f1: float          # mean F1 with the grid's best pair (chosen on these images)
+    best: dict              # the grid's best pair, stored or not
+    cells: int              # cells in the held-back labels
+    routing: dict           # data/routing.yaml's pair (the first held-back image's modality)
 
 
 @dataclass
@@ -94,6 +121,7 @@ class FinetuneResult:
     minutes: float
     resize: float                   # resize factor of the training images (1 = as given)
     refit: bool = False             # finetuned.pt retrained on every image (the held-back too)
+    tuning: DetectionTuning | None = None  # the threshold sweep on the held-back images
 
 
 def split_pairs(pairs: list, val: list[str] | None = None, seed: int = 0):
@@ -196,17 +224,51 @@ def start_weights(weights: str, raws: list[np.ndarray]) -> Path:
     return path
 
 
-def score_checkpoint(ckpt: Path, pairs: list, channels, device, amp: str) -> list[float]:
+def score_checkpoint(ckpt: Path, pairs: list, channels, device, amp: str,
+                     **detection) -> list[float]:
     """F1 at IoU 0.5 of each pair's original image, segmented by ``ckpt`` exactly as predict.py
-    --ckpt does (utils.predictor.Predictor: channels, per-modality settings, scale)."""
+    --ckpt does (utils.predictor.Predictor: channels, per-modality settings, scale);
+    ``detection``: ``conf_thres`` / ``iou_thres`` overrides, as predict.py's flags."""
     chan, chan2 = channels if channels is not None else (None, 0)
     predictor = Predictor.from_config(ckpt=str(ckpt), device=device, amp=amp, chan=chan,
-                                      chan2=chan2)
+                                      chan2=chan2, **detection)
     scores = []
     for image, label in pairs:
         raw, lab = read_pair(image, label)
         scores.append(match_instances(lab, predictor.segment(raw).label, threshold=0.5).f1)
     return scores
+
+
+def tune_detection(ckpt: Path, pairs: list, channels, device, amp: str) -> DetectionTuning:
+    """Sweep TUNE_CONFS x TUNE_IOUS for ``ckpt`` on ``pairs`` (original images, predict.py's
+    preparation and the checkpoint's resize) and choose a pair (see TUNE_MIN_GAIN)."""
+    from utils.io import network_input
+    from utils.tune_nms import sweep
+
+    chan, chan2 = channels if channels is not None else (None, 0)
+    router = Predictor.from_config(ckpt=str(ckpt), device=device, amp=amp, chan=chan,
+                                   chan2=chan2).router
+    items, settings, cells = [], {}, 0
+    for image, label in pairs:
+        raw, lab = read_pair(image, label)
+        raw, net = network_input(raw, channels, image)
+        modality = router.modality or classify_modality(raw)
+        settings[modality] = router.params(modality).detection
+        items.append((image.name, modality, net, lab))
+        cells += len(np.unique(lab[lab > 0]))
+    seg = router.segmenter(Path(ckpt), items[0][1])
+    frame = sweep(seg, items, TUNE_CONFS, TUNE_IOUS, settings, seg.params.post, seg.params.scale)
+    grid = frame[frame["grid"]].groupby(["conf_thres", "iou_thres"])["f1"].mean()
+    default = float(frame[frame["configured"]]["f1"].mean())
+    conf, iou = grid.idxmax()
+    best = {"conf_thres": float(conf), "iou_thres": float(iou)}
+    keep = cells >= MIN_TUNE_CELLS and float(grid.max()) >= default + TUNE_MIN_GAIN
+    first = settings[items[0][1]]
+    routing = {"conf_thres": first.conf_thres, "iou_thres": first.iou_thres}
+    LOGGER.info("detection thresholds on the held-back image(s) (%d cells): routing's F1 %.3f, "
+                "best of the grid %.3f at %s: %s", cells, default, float(grid.max()), best,
+                "stored" if keep else "not stored")
+    return DetectionTuning(best if keep else {}, default, float(grid.max()), best, cells, routing)
 
 
 def _train(opt: FinetuneOptions, data_yaml: Path, start: Path, run_dir: Path, name: str,
@@ -267,7 +329,12 @@ def run_finetune(opt: FinetuneOptions) -> FinetuneResult:
     validated = strip_checkpoint(last, run_dir / ("validated.pt" if refit else "finetuned.pt"),
                                  note=note, input_scale=factor)
     after = score_checkpoint(validated, scored, channels, device, opt.amp)
+    tuning = tune_detection(validated, held, channels, device, opt.amp) if held and opt.tune \
+        else None
+    detection = tuning.settings if tuning else {}
     out = validated
+    if detection and not refit:
+        out = strip_checkpoint(last, validated, note=note, input_scale=factor, detection=detection)
     if refit:
         LOGGER.info("F1 after %.3f on the held-back image(s); the same %d epochs on all %d images",
                     float(np.mean(after)), epochs, len(pairs))
@@ -275,10 +342,11 @@ def run_finetune(opt: FinetuneOptions) -> FinetuneResult:
                                    epoch_size)
         last = _train(opt, all_yaml, start, run_dir, "train_all", epochs, 0.0)
         out = strip_checkpoint(last, run_dir / "finetuned.pt",
-                               note=note + f"; refit on all {len(pairs)} images", input_scale=factor)
+                               note=note + f"; refit on all {len(pairs)} images",
+                               input_scale=factor, detection=detection)
     result = FinetuneResult(float(np.mean(before)), float(np.mean(after)),
                             [p[0].name for p in scored], bool(held), out, start,
-                            epochs, (time.time() - t0) / 60.0, factor, refit)
+                            epochs, (time.time() - t0) / 60.0, factor, refit, tuning)
     (run_dir / "finetune.yaml").write_text(yaml.safe_dump(
         {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()},
         sort_keys=False))

@@ -147,7 +147,16 @@ def pad_to_stride(x: torch.Tensor, stride: int = MAX_STRIDE) -> tuple[torch.Tens
     return (F.pad(x, (0, pw, 0, ph)) if ph or pw else x), (h, w)
 
 
-def _resize_label(label: np.ndarray, h: int, w: int, scale: float) -> np.ndarray:
+def resize_image(image: np.ndarray, scale: float) -> np.ndarray:
+    """A network image ``(H, W, 3)`` resized by ``scale`` (bilinear; sides rounded, at least 1 px)."""
+    if scale == 1.0:
+        return image
+    h, w = image.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+
+
+def resize_label(label: np.ndarray, h: int, w: int, scale: float) -> np.ndarray:
     """A label of an image resized by ``scale`` -> ``(h, w)`` by nearest neighbour (ids kept)."""
     yi = np.minimum((np.arange(h) * scale).astype(np.int64), label.shape[0] - 1)
     xi = np.minimum((np.arange(w) * scale).astype(np.int64), label.shape[1] - 1)
@@ -209,9 +218,7 @@ class Segmenter(abc.ABC):
         the fg map of a whole image) mapped back to ``(H, W)``."""
         p = self.params
         h, w = image.shape[:2]
-        if scale != 1.0:
-            size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+        image = resize_image(image, scale)
         if max(image.shape[:2]) <= p.max_full_size:
             label, stats = self._segment_region(image)
         else:
@@ -222,7 +229,7 @@ class Segmenter(abc.ABC):
         if fg is not None and fg.shape != (h, w):
             fg = cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR)
         if scale != 1.0:
-            label = _resize_label(label, h, w, scale)
+            label = resize_label(label, h, w, scale)
         return Segmentation(label=label, fg_conf=stats.fg_sum / max(stats.fg_count, 1),
                             det_conf=stats.det_score_sum / max(stats.n_det, 1),
                             n_det=stats.n_det, n_cells=int(label.max(initial=0)),

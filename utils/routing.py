@@ -225,15 +225,21 @@ class Router:
             raise FileNotFoundError(f"{general}: general branch checkpoint missing (pass --ckpt)")
         return general
 
-    def params(self, modality: str) -> InferenceParams:
-        return self.cfg.inference_params(modality, self.overrides)
+    def params(self, modality: str, model: torch.nn.Module | None = None) -> InferenceParams:
+        """The AWF settings of ``modality``'s images: data/routing.yaml's, then those ``model``'s
+        checkpoint was tuned with (finetune.py), then the command line's overrides."""
+        settings = self.cfg.detection[modality]
+        tuned = getattr(model, "detection", None)
+        if tuned:
+            settings = replace(settings, **tuned)
+        return self.overrides.params(settings, self.cfg.size_rule)
 
     def segmenter(self, path: Path, modality: str):
         model = self._model(path)
         if getattr(model, "kind", "awf") == "omnipose":
             return OmniposeSegmenter(model, self.device, self.overrides.omnipose_params(),
                                      precision=self.precision)
-        params = self.params(modality)
+        params = self.params(modality, model)
         scale = getattr(model, "input_scale", 1.0)
         if self.overrides.scale is None and scale != 1.0:
             # weights trained on resized images (finetune.py): the same resize, no size rule

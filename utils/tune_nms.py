@@ -23,7 +23,7 @@ from utils.branch_settings import BranchSettings
 from utils.cli import setup_logging
 from utils.config import load_data_config
 from utils.datasplits import resolve_split
-from utils.inference import AWFSegmenter
+from utils.inference import AWFSegmenter, resize_image, resize_label
 from utils.io import check_output_file, write_table
 from utils.label_cache import DatasetCache
 from utils.metrics import match_instances
@@ -37,20 +37,24 @@ LOGGER = logging.getLogger(__name__)
 
 
 def sweep(segmenter: AWFSegmenter, items, confs, ious, settings: dict[str, BranchSettings],
-          post: PostprocessParams | None = None) -> pd.DataFrame:
+          post: PostprocessParams | None = None, scale: float = 1.0) -> pd.DataFrame:
     """``items``: (name, modality, network image, GT label); ``settings``: modality -> its
     detection settings now (data/routing.yaml). One row per image and (conf, iou) pair of the
     grid and for the image's configured pair, with the challenge metric's F1, precision and
-    recall at IoU 0.5; columns ``grid`` and ``configured`` say which the pair is."""
+    recall at IoU 0.5; columns ``grid`` and ``configured`` say which the pair is. ``scale``:
+    the network sees each image resized by it (as ``InferenceParams.scale``), the labels are
+    mapped back to the image's size before scoring."""
     rows = []
-    for name, modality, image, gt in tqdm(items, desc="sweep", unit="img"):
-        pred, fg, height = segmenter.raw_outputs(image)
+    for name, modality, image, gt in tqdm(items, desc="sweep", unit="img", leave=False):
+        h, w = image.shape[:2]
+        pred, fg, height = segmenter.raw_outputs(resize_image(image, scale))
         s = settings[modality]
         pairs = {pair: (True, False) for pair in itertools.product(confs, ious)}
         pairs[(s.conf_thres, s.iou_thres)] = ((s.conf_thres, s.iou_thres) in pairs, True)
         for (conf, iou), (grid, configured) in pairs.items():
             det = non_max_suppression(pred[None], conf, iou, s.max_det)[0].cpu().numpy()
-            r = match_instances(gt, postprocess(det[:, :4], det[:, 4], fg, height, post))
+            label = postprocess(det[:, :4], det[:, 4], fg, height, post)
+            r = match_instances(gt, resize_label(label, h, w, scale) if scale != 1.0 else label)
             rows.append({"name": name, "modality": modality, "conf_thres": conf, "iou_thres": iou,
                          "grid": grid, "configured": configured,
                          "f1": r.f1, "precision": r.precision, "recall": r.recall})
