@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+import yaml
 
 from utils.checkpoint import load_checkpoint
 from utils.finetune import split_pairs
@@ -65,6 +66,10 @@ def test_finetune_end_to_end_then_predict(tmp_path, challenge_set, run_script):
     assert (tmp_path / "runs" / "ft" / "validated.pt").is_file()
     validated = load_checkpoint(tmp_path / "runs" / "ft" / "validated.pt")
     assert ckpt["opt"]["weights"] == validated["opt"]["weights"]
+    # thresholds tuned on the held-back image: reported, and stored in finetuned.pt only
+    assert "detection thresholds on the held-back image(s)" in proc.stdout
+    report = yaml.safe_load((tmp_path / "runs" / "ft" / "finetune.yaml").read_text())
+    assert ckpt["detection"] == report["tuning"]["settings"] and validated["detection"] == {}
     out = tmp_path / "pred"
     run_script(["predict.py", "-i", challenge_set / "images", "-o", out, "--ckpt", weights,
                 "--device", "cpu"])
@@ -86,12 +91,32 @@ def test_cellpose_layout_is_read(tmp_path, challenge_set):
 def test_finetune_on_cellpose_layout_runs(tmp_path, challenge_set, run_script):
     folder = cellpose_copy(challenge_set, tmp_path / "cp")
     proc = run_script(["finetune.py", "-i", folder, *FAST, "--project", tmp_path / "runs",
-                       "--no-refit"])
+                       "--no-refit", "--no-tune"])
     run = tmp_path / "runs" / "exp"
     assert (run / "finetuned.pt").is_file()
     # --no-refit: the held-back image is never trained on, one training only
     assert not (run / "validated.pt").exists() and not (run / "data_all").exists()
     assert "on all the images" not in proc.stdout
+    # --no-tune: data/routing.yaml's thresholds
+    assert "detection thresholds" not in proc.stdout
+    assert load_checkpoint(run / "finetuned.pt")["detection"] == {}
+
+
+def test_tuned_thresholds_are_stored_without_refit(tmp_path, challenge_set, monkeypatch):
+    """--no-refit with a kept pair: finetuned.pt (the scored weights) carries it, and the loaded
+    model applies it."""
+    import utils.finetune as ft
+    from models.loading import load_model
+
+    monkeypatch.setattr(ft, "MIN_TUNE_CELLS", 0)
+    monkeypatch.setattr(ft, "TUNE_MIN_GAIN", -1.0)   # any pair is kept
+    r = ft.run_finetune(ft.FinetuneOptions(images=str(challenge_set / "images"), epochs=1, img=64,
+                                           batch=2, workers=0, device="cpu", refit=False,
+                                           project=str(tmp_path / "runs"), name="nt"))
+    assert r.weights.name == "finetuned.pt" and not r.refit
+    assert r.tuning.settings == r.tuning.best
+    assert load_checkpoint(r.weights)["detection"] == r.tuning.best
+    assert load_model(r.weights).detection == r.tuning.best
 
 
 def test_mismatched_pair_is_refused_in_one_line(tmp_path, challenge_set, run_script):
