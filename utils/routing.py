@@ -112,9 +112,12 @@ class RoutingConfig:
         self.omni_rule = load_config(OmniRule, self.omni_rule)
         self.size_rule = load_config(SizeRule, self.size_rule)
 
-    def inference_params(self, modality: str, overrides: Overrides | None = None) -> InferenceParams:
-        """The AWF settings of ``modality``'s branch, with the run's command-line ``overrides``."""
-        return (overrides or Overrides()).params(self.detection[modality], self.size_rule)
+    def inference_params(self, modality: str, overrides: Overrides | None = None,
+                         tuned: dict | None = None) -> InferenceParams:
+        """The AWF settings of ``modality``'s branch: this YAML's, then ``tuned`` (the settings a
+        checkpoint carries, finetune.py), then the run's command-line ``overrides``."""
+        settings = replace(self.detection[modality], **tuned) if tuned else self.detection[modality]
+        return (overrides or Overrides()).params(settings, self.size_rule)
 
 
 @dataclass
@@ -228,11 +231,8 @@ class Router:
     def params(self, modality: str, model: torch.nn.Module | None = None) -> InferenceParams:
         """The AWF settings of ``modality``'s images: data/routing.yaml's, then those ``model``'s
         checkpoint was tuned with (finetune.py), then the command line's overrides."""
-        settings = self.cfg.detection[modality]
-        tuned = getattr(model, "detection", None)
-        if tuned:
-            settings = replace(settings, **tuned)
-        return self.overrides.params(settings, self.cfg.size_rule)
+        return self.cfg.inference_params(modality, self.overrides,
+                                         getattr(model, "detection", None))
 
     def segmenter(self, path: Path, modality: str):
         model = self._model(path)
