@@ -6,13 +6,13 @@
 
 Labels: labels/NAME_label.tiff (challenge layout), or Cellpose's NAME_masks.tif / NAME_masks.png /
 NAME_seg.npy (in the labels folder or beside the images). With 3 images or more, one in five (at
-least one) is held back and the F1 before and after is measured on it; then the same training is
-run again on every image (half the minutes each; --no-refit: one training, held-back images never
-trained on); the detection thresholds are tuned on the held-back images when they hold enough
-cells (--no-tune: data/routing.yaml's). With fewer, the F1 is measured on the training images
-(optimistic). Writes runs/finetune/NAME/finetuned.pt (fp16, for predict.py --ckpt and
-Predictor.from_config) and finetune.yaml (the figures); the training runs are in
-runs/finetune/NAME/train*/.
+least one) is held back and the F1 before and after is measured on it; then training goes on from
+those weights, as many epochs again, on every image (half the minutes each; --no-refit: one
+training, held-back images never trained on); the detection thresholds are tuned on the held-back
+images when they hold enough cells (--no-tune: data/routing.yaml's). With fewer, the F1 is
+measured on the training images (optimistic). Writes runs/finetune/NAME/finetuned.pt (fp16,
+for predict.py --ckpt and Predictor.from_config) and finetune.yaml (the figures); the training
+runs are in runs/finetune/NAME/train*/.
 """
 import argparse
 import sys
@@ -47,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="image names (stems) to hold back for validation (none given: chosen)")
     p.add_argument("--no-refit", dest="refit", action="store_false",
                    help="keep the weights trained without the held-back images (one training, "
-                        "all the minutes) instead of retraining on every image")
+                        "all the minutes) instead of training on with every image")
     p.add_argument("--no-tune", dest="tune", action="store_false",
                    help="keep data/routing.yaml's detection thresholds instead of those tuned on "
                         "the held-back images")

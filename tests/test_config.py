@@ -21,6 +21,19 @@ def test_types_are_checked():
     with pytest.raises(ConfigError, match="mosaic"):
         load_config(Hyp, {"mosaic": 1.5})
     assert load_config(Hyp, {"lr0": 1}).lr0 == 1.0  # an int where a float is expected is fine
+    with pytest.raises(ConfigError, match="warmup_min_iters"):
+        load_config(Hyp, {"warmup_min_iters": -1})
+
+
+def test_finetuning_warms_up_for_its_one_epoch():
+    """hyp.finetune.yaml's warm-up is one epoch of 8 batches, not YOLOv5's 100 steps (a quarter
+    of a 10-minute finetuning)."""
+    from utils.engine import warmup_iters
+    from utils.finetune import EPOCH_BATCHES, FINETUNE_HYP
+
+    hyp = load_hyp(FINETUNE_HYP)
+    assert warmup_iters(hyp.warmup_epochs, EPOCH_BATCHES, 50, hyp.warmup_min_iters) == EPOCH_BATCHES
+    assert load_hyp(REPO / "data" / "hyps" / "hyp.labeled.yaml").warmup_min_iters == 100
 
 
 def test_data_paths_resolve_against_the_yaml(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,16 +60,17 @@ def test_finetune_end_to_end_then_predict(tmp_path, challenge_set, run_script):
     # the training images of the run: 3 trained on, 1 held back (MIN_VAL_PAIRS = 3)
     assert len(list((tmp_path / "runs" / "ft" / "data" / "train" / "images").iterdir())) == 3
     assert len(list((tmp_path / "runs" / "ft" / "data" / "val" / "images").iterdir())) == 1
-    # then the refit: the same epochs on all 4, from the same start; the scored weights kept
+    # then the refit: as many epochs on all 4, going on from the scored weights (kept)
     assert len(list((tmp_path / "runs" / "ft" / "data_all" / "train" / "images").iterdir())) == 4
     assert "then 1 epochs on all the images" in proc.stdout
-    assert "refit on all 4 images" in ckpt["note"]
+    assert "then 1 epochs on all 4 images" in ckpt["note"]
     assert (tmp_path / "runs" / "ft" / "validated.pt").is_file()
     validated = load_checkpoint(tmp_path / "runs" / "ft" / "validated.pt")
-    assert ckpt["opt"]["weights"] == validated["opt"]["weights"]
+    report = yaml.safe_load((tmp_path / "runs" / "ft" / "finetune.yaml").read_text())
+    assert validated["opt"]["weights"] == report["start"]
+    assert Path(ckpt["opt"]["weights"]).resolve() == (tmp_path / "runs" / "ft" / "validated.pt").resolve()
     # thresholds tuned on the held-back image: reported, and stored in finetuned.pt only
     assert "detection thresholds on the held-back image(s)" in proc.stdout
-    report = yaml.safe_load((tmp_path / "runs" / "ft" / "finetune.yaml").read_text())
     assert ckpt["detection"] == report["tuning"]["settings"] and validated["detection"] == {}
     out = tmp_path / "pred"
     run_script(["predict.py", "-i", challenge_set / "images", "-o", out, "--ckpt", weights,

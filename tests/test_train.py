@@ -105,10 +105,12 @@ def test_cfg_trains_three_detection_levels(tmp_path, synthetic_data, run_script)
 
 
 def test_warmup_is_capped_for_short_runs():
-    assert warmup_iters(3.0, 49, 40) == 147          # long run: warmup_epochs * batches
-    assert warmup_iters(3.0, 25, 20) == 100          # at least MIN_WARMUP_ITERS steps
-    assert warmup_iters(1.0, 4, 6) == 7              # 24 steps in all: at most 30% of them
-    assert warmup_iters(0.0, 49, 40) == -1           # no warm-up
+    assert warmup_iters(3.0, 49, 40, 100) == 147     # long run: warmup_epochs * batches
+    assert warmup_iters(3.0, 25, 20, 100) == 100     # at least warmup_min_iters steps
+    assert warmup_iters(1.0, 8, 55, 100) == 100      # finetuning with YOLOv5's minimum: 12 epochs
+    assert warmup_iters(1.0, 8, 55, 0) == 8          # ... and without it: warmup_epochs
+    assert warmup_iters(1.0, 4, 6, 100) == 7         # 24 steps in all: at most 30% of them
+    assert warmup_iters(0.0, 49, 40, 100) == -1      # no warm-up
 
 
 def test_multiscale_resize_keeps_boxes_on_their_cells():

@@ -139,6 +139,7 @@ class Hyp:
     warmup_epochs: float = 3.0
     warmup_momentum: float = 0.8
     warmup_bias_lr: float = 0.1
+    warmup_min_iters: int = 100  # warm-up lasts at least this many steps (YOLOv5's 100)
     grad_clip: float = 10.0     # max gradient norm (YOLOv5 clips at 10)
     ema_decay: float = 0.9999   # YOLOv5 ModelEMA decay, ramped up over ema_tau updates
     ema_tau: float = 2000.0
@@ -177,6 +178,8 @@ class Hyp:
                 raise ValueError(f"{name} is a probability in [0, 1]")
         if not 0.0 <= self.multiscale < 1.0:
             raise ValueError("multiscale must be in [0, 1)")
+        if self.warmup_min_iters < 0:
+            raise ValueError("warmup_min_iters must be >= 0")
 
 
 # Hyp files renamed in this repository: the original framework's file name -> the new name in the

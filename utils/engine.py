@@ -41,10 +41,9 @@ from utils.precision import log_precision, resolve_precision
 
 LOGGER = logging.getLogger(__name__)
 
-# Warm-up lasts at least this many optimizer steps, whatever warmup_epochs gives (YOLOv5 uses 100).
-MIN_WARMUP_ITERS = 100
-# ... but never more than this fraction of all steps. YOLOv5 has no cap: with 300 epochs it never
-# matters, but a weakly-stage run of 6 epochs x 4 batches stayed in warm-up (lr ~1e-5) throughout.
+# Warm-up lasts at least the hyp's warmup_min_iters optimizer steps (YOLOv5: 100), whatever
+# warmup_epochs gives, but never more than this fraction of all steps. YOLOv5 has no cap: with
+# 300 epochs it never matters, but a weakly-stage run of 6 epochs x 4 batches stayed in warm-up (lr ~1e-5) throughout.
 WARMUP_MAX_FRACTION = 0.3
 # Seconds between progress-bar lines when stderr is a file, not a terminal (keeps nohup logs readable).
 LOG_BAR_INTERVAL = 60.0
@@ -53,13 +52,14 @@ LOG_BAR_INTERVAL = 60.0
 TIME_FIT_EPOCHS = 2
 
 
-def warmup_iters(warmup_epochs: float, nb: int, epochs: int) -> int:
+def warmup_iters(warmup_epochs: float, nb: int, epochs: int, min_iters: int) -> int:
     """Warm-up length in optimizer steps (-1: none): ``warmup_epochs`` epochs of ``nb`` batches,
-    at least MIN_WARMUP_ITERS, and at most WARMUP_MAX_FRACTION of the whole run, so that a short
-    finetuning on a small set (e.g. 6 epochs of 4 batches) still reaches its learning rate."""
+    at least ``min_iters`` (the hyp's warmup_min_iters), and at most WARMUP_MAX_FRACTION of the
+    whole run, so that a short finetuning on a small set (e.g. 6 epochs of 4 batches) still
+    reaches its learning rate."""
     if warmup_epochs <= 0:
         return -1
-    return min(max(round(warmup_epochs * nb), MIN_WARMUP_ITERS), int(WARMUP_MAX_FRACTION * epochs * nb))
+    return min(max(round(warmup_epochs * nb), min_iters), int(WARMUP_MAX_FRACTION * epochs * nb))
 
 
 class TrainingDiverged(RuntimeError):
@@ -407,7 +407,7 @@ class Trainer:
         if info.is_main:
             self._write_run_files()
         nb = len(self.loader)
-        nw = warmup_iters(self.hyp.warmup_epochs, nb, opt.epochs)
+        nw = warmup_iters(self.hyp.warmup_epochs, nb, opt.epochs, self.hyp.warmup_min_iters)
         stopper = EarlyStopping(opt.patience)
         LOGGER.info("training %s for %d epochs from epoch %d on %s, %d rank(s), batch %d per rank, "
                     "results in %s", self.task.kind, opt.epochs, self.start_epoch + 1, self.device,
@@ -476,7 +476,7 @@ class Trainer:
             group["lr"] = group["initial_lr"] * self.lf(epoch + 1)
         LOGGER.info("--time %.1f min: epoch %d took %.1f s, training %d epochs", opt.time,
                     epoch + 1, epoch_s, opt.epochs)
-        return warmup_iters(self.hyp.warmup_epochs, nb, opt.epochs)
+        return warmup_iters(self.hyp.warmup_epochs, nb, opt.epochs, self.hyp.warmup_min_iters)
 
     def _log_row(self, row: dict) -> None:
         path = self.save_dir / "results.csv"

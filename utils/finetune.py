@@ -17,8 +17,9 @@ on a CPU. Steps, each a function:
    original images;
 7. with held-back images (and ``tune``), :func:`tune_detection`: the detection thresholds swept
    on them with step 6's weights, the best pair kept when the images hold enough cells for it;
-8. with held-back images (and ``refit``), the same number of epochs again from the same start on
-   every image, held-back ones included: step 6 measured the recipe, this run uses all the labels;
+8. with held-back images (and ``refit``), training goes on from step 6's weights for the same
+   number of epochs on every image, held-back ones included: step 6 measured the weights, this
+   run adds every label and doubles the steps;
 9. the weights stripped to ``finetuned.pt`` (fp16 EMA, with the training images' resize factor
    as ``input_scale``: predict.py --ckpt and the Python API resize images by it, as the weights
    learnt them, instead of applying the size rule; and step 7's thresholds, if kept);
@@ -91,7 +92,7 @@ class FinetuneOptions:
     project: str = "runs/finetune"
     seed: int = 0
     val: list[str] | None = None   # image stems to hold back (None: chosen by split_pairs)
-    refit: bool = True              # with held-back images: retrain on every image at the end
+    refit: bool = True              # with held-back images: go on training on every image
     tune: bool = True               # with held-back images: tune the detection thresholds
 
 
@@ -120,7 +121,7 @@ class FinetuneResult:
     epochs: int
     minutes: float
     resize: float                   # resize factor of the training images (1 = as given)
-    refit: bool = False             # finetuned.pt retrained on every image (the held-back too)
+    refit: bool = False             # finetuned.pt trained on further on every image (held-back too)
     tuning: DetectionTuning | None = None  # the threshold sweep on the held-back images
 
 
@@ -299,9 +300,9 @@ def run_finetune(opt: FinetuneOptions) -> FinetuneResult:
     """The whole finetuning (module docstring); returns the F1 before and after.
 
     With held-back images and ``opt.refit``, the time is split in two: the first training (on
-    the other images) is the one scored on the held-back images; the second repeats its schedule
-    (same epochs) on every image and gives finetuned.pt (with 3 images, half as much data again;
-    the gain is measured in ckpts/README.md, leave one source out)."""
+    the other images) is the one scored on the held-back images; the second goes on from its
+    weights, for as many epochs, on every image and gives finetuned.pt (with 3 images, half as
+    much data again; measured in ckpts/README.md, leave one source out)."""
     from utils.dist import select_device
     from utils.engine import increment_path
 
@@ -336,13 +337,13 @@ def run_finetune(opt: FinetuneOptions) -> FinetuneResult:
     if detection and not refit:
         out = strip_checkpoint(last, validated, note=note, input_scale=factor, detection=detection)
     if refit:
-        LOGGER.info("F1 after %.3f on the held-back image(s); the same %d epochs on all %d images",
+        LOGGER.info("F1 after %.3f on the held-back image(s); %d more epochs on all %d images",
                     float(np.mean(after)), epochs, len(pairs))
         all_yaml = prepare_dataset(train + held, [], run_dir / "data_all", channels, factor,
                                    epoch_size)
-        last = _train(opt, all_yaml, start, run_dir, "train_all", epochs, 0.0)
+        last = _train(opt, all_yaml, validated, run_dir, "train_all", epochs, 0.0)
         out = strip_checkpoint(last, run_dir / "finetuned.pt",
-                               note=note + f"; refit on all {len(pairs)} images",
+                               note=note + f"; then {epochs} epochs on all {len(pairs)} images",
                                input_scale=factor, detection=detection)
     result = FinetuneResult(float(np.mean(before)), float(np.mean(after)),
                             [p[0].name for p in scored], bool(held), out, start,
