@@ -157,7 +157,10 @@ def resize_image(image: np.ndarray, scale: float) -> np.ndarray:
 
 
 def resize_label(label: np.ndarray, h: int, w: int, scale: float) -> np.ndarray:
-    """A label of an image resized by ``scale`` -> ``(h, w)`` by nearest neighbour (ids kept)."""
+    """A label of an image resized by ``scale`` -> ``(h, w)`` by nearest neighbour (ids kept;
+    ``scale`` 1: the label itself)."""
+    if scale == 1.0:
+        return label
     yi = np.minimum((np.arange(h) * scale).astype(np.int64), label.shape[0] - 1)
     xi = np.minimum((np.arange(w) * scale).astype(np.int64), label.shape[1] - 1)
     return label[np.ix_(yi, xi)]
@@ -228,8 +231,7 @@ class Segmenter(abc.ABC):
         fg = stats.fg
         if fg is not None and fg.shape != (h, w):
             fg = cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR)
-        if scale != 1.0:
-            label = resize_label(label, h, w, scale)
+        label = resize_label(label, h, w, scale)
         return Segmentation(label=label, fg_conf=stats.fg_sum / max(stats.fg_count, 1),
                             det_conf=stats.det_score_sum / max(stats.n_det, 1),
                             n_det=stats.n_det, n_cells=int(label.max(initial=0)),
