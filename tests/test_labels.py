@@ -156,3 +156,17 @@ def test_fill_holes_diagonal_leak_and_lone_background():
 def test_fill_holes_matches_reference_on_random_maps():
     for lab in random_maps(150, seed=1):
         np.testing.assert_array_equal(L.fill_holes(lab), reference_fill(lab))
+
+
+def test_relabel_raster_numbers_instances_by_their_first_pixel():
+    label = np.array([[0, 7, 7, 0],
+                      [3, 0, 9, 9],
+                      [3, 0, 0, 5]])
+    assert L.relabel_raster(label).tolist() == [[0, 1, 1, 0],
+                                                [2, 0, 3, 3],
+                                                [2, 0, 0, 4]]
+    assert L.relabel_raster(label).dtype == np.int32
+    assert L.relabel_raster(np.zeros((2, 3), np.uint16)).tolist() == [[0, 0, 0], [0, 0, 0]]
+    # a permutation of the ids changes nothing
+    assert np.array_equal(L.relabel_raster(np.where(label > 0, 20 - label, 0)),
+                          L.relabel_raster(label))

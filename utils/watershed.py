@@ -22,7 +22,8 @@ d) every component of ``height >= peak_thresh`` inside the foreground that step 
    that no box marked, so one box in a clump of whole cells made the clump one object);
 e) a last watershed floods the remaining foreground from all labels so far;
 f) holes enclosed by a single instance are filled, instances under ``min_size`` pixels removed,
-   ids relabelled 1..n.
+   ids relabelled 1..n in raster order (utils.labels.relabel_raster: not in score order, which
+   float rounding can reorder between thread counts).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ import torch
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-from utils.labels import fill_holes, remove_small
+from utils.labels import fill_holes, relabel_raster, remove_small
 
 LOGGER = logging.getLogger(__name__)
 
@@ -273,7 +274,7 @@ def postprocess(boxes, scores, fg: np.ndarray, height: np.ndarray,
         params: constants; defaults to :class:`PostprocessParams`.
 
     Returns:
-        ``(H, W)`` int32 label map, 0 background, instances 1..n.
+        ``(H, W)`` int32 label map, 0 background, instances 1..n in raster order.
     """
     p = params or PostprocessParams()
     fg, height = np.asarray(fg, np.float32), np.asarray(height, np.float32)
@@ -296,4 +297,4 @@ def postprocess(boxes, scores, fg: np.ndarray, height: np.ndarray,
                          box_cover(boxes[keep], fg_mask.shape))
     np.copyto(seeds, labels, where=labels > 0)
     labels = fill_holes(flood(elevation, seeds, fg_mask, fg_components))
-    return remove_small(labels, p.min_size)
+    return relabel_raster(remove_small(labels, p.min_size))
