@@ -7,7 +7,7 @@
 Labels: labels/NAME_label.tiff (challenge layout), or Cellpose's NAME_masks.tif / NAME_masks.png /
 NAME_seg.npy (in the labels folder or beside the images). With 3 images or more, one in five (at
 least one) is held back and the F1 before and after is measured on it; then training goes on from
-those weights, as many epochs again, on every image (half the minutes each; --no-refit: one
+those weights on every image for the rest of the minutes (--epochs N: N again; --no-refit: one
 training, held-back images never trained on); the detection thresholds are tuned on the held-back
 images when they hold enough cells (--no-tune: data/routing.yaml's). With fewer, the F1 is
 measured on the training images (optimistic). Writes runs/finetune/NAME/finetuned.pt (fp16,
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     opt = FinetuneOptions(**{k: v for k, v in vars(args).items() if k != "quiet"})
     r = exit_on_error(run_finetune, opt)
     where = "held-back image(s)" if r.held_out else "training image(s), optimistic"
-    refit = f"; then {r.epochs} epochs on all the images" if r.refit else ""
+    refit = f"; then {r.refit_epochs} epochs on all the images" if r.refit else ""
     print(f"F1 before {r.before:.3f} -> after {r.after:.3f} on {len(r.scored_on)} {where}: "
           f"{', '.join(r.scored_on)}{refit}")
     t = r.tuning
@@ -83,7 +83,8 @@ def main(argv=None) -> int:
               f"{t.default_f1:.3f} with the routing's, {t.best_f1:.3f} at the best of the grid "
               f"(chosen on them); {verdict}")
     chans = "" if opt.chan is None else f" --chan {opt.chan} --chan2 {opt.chan2}"
-    print(f"{r.epochs} epochs in {r.minutes:.1f} min; weights: {r.weights}\n"
+    epochs = f"{r.epochs} + {r.refit_epochs}" if r.refit else f"{r.epochs}"
+    print(f"{epochs} epochs in {r.minutes:.1f} min; weights: {r.weights}\n"
           f"predict with: python predict.py -i IMAGES -o OUTPUT --ckpt {r.weights}{chans}")
     return 0
 

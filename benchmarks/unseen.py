@@ -132,7 +132,7 @@ def main(argv=None) -> None:
               "seed": args.seed, "n_test": len(test)}
     t0 = time.time()
     zero = float(np.mean(score_checkpoint(Path(args.weights), test, None, device, "auto")))
-    append_row(out, {**common, "k": 0, "f1": zero, "minutes": 0.0,
+    append_row(out, {**common, "k": 0, "f1": zero, "minutes": 0.0, "epochs": 0,
                      "scoring_s": round(time.time() - t0, 1), "f1_val": np.nan,
                      **dict.fromkeys(TUNING_COLUMNS, np.nan)})
     LOGGER.info("%s zero-shot: F1 %.3f on %d test images", args.source, zero, len(test))
@@ -146,6 +146,7 @@ def main(argv=None) -> None:
         t1 = time.time()
         f1 = float(np.mean(score_checkpoint(r.weights, test, None, device, "auto")))
         append_row(out, {**common, "k": k, "f1": f1, "minutes": round(r.minutes, 2),
+                         "epochs": r.epochs + r.refit_epochs,
                          "scoring_s": round(time.time() - t1, 1), "f1_val": r.after,
                          **tuning_columns(r.tuning, r.weights, test, f1, device)})
         LOGGER.info("%s K=%d: F1 %.3f on the test images (zero-shot %.3f), %.1f min", args.source,

@@ -278,3 +278,25 @@ def test_tune_detection_scores_as_prediction_does_and_keeps_only_a_gain(tmp_path
     tie = ft.tune_detection(ckpt, pairs, None, cpu, "fp32")
     assert tie.best == tuning.routing and tie.settings == {}
     assert tie.best_f1 == pytest.approx(tie.default_f1, abs=1e-9)
+
+
+def test_refit_gets_the_rest_of_the_minutes(tmp_path, challenge_set, monkeypatch):
+    """With --minutes, the scored training gets half the budget and the refit all that is left
+    (not the first one's epoch count, which left a 10-minute run done in 8.3)."""
+    import utils.finetune as ft
+
+    calls, real = [], ft._train
+
+    def one_epoch(opt, data_yaml, start, run_dir, name, epochs, minutes):
+        calls.append((name, epochs, minutes))
+        return real(opt, data_yaml, start, run_dir, name, 1, 0.0)  # a fast stand-in
+
+    monkeypatch.setattr(ft, "_train", one_epoch)
+    r = ft.run_finetune(ft.FinetuneOptions(images=str(challenge_set / "images"), minutes=3.0,
+                                           img=64, batch=2, workers=0, device="cpu",
+                                           project=str(tmp_path / "runs"), name="rest"))
+    (first, e1, m1), (second, e2, m2) = calls
+    assert (first, second, e1, e2) == ("train", "train_all", 0, 0)
+    assert 1.0 < m1 <= (3.0 - ft.SCORING_RESERVE_MIN) / 2
+    assert m1 < m2 <= 3.0 - ft.WRITE_RESERVE_MIN
+    assert r.refit and (r.epochs, r.refit_epochs) == (1, 1)

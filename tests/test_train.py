@@ -165,3 +165,17 @@ def test_time_budget_sets_the_epochs_after_the_first(tmp_path, synthetic_data, r
     ckpt = _weights(tmp_path / "t" / "weights" / "last.pt")
     assert ckpt["opt"]["epochs"] == 1 and ckpt["epoch"] == 0
     assert len(pd.read_csv(tmp_path / "t" / "results.csv")) == 1
+
+
+def test_time_budget_counts_validation_and_checkpoint_writes():
+    """--time: an epoch costs its training, its share of validation and the writes after it; a
+    fit that left the writes out planned 57-74 epochs of a 10-minute finetuning that ran 46-55."""
+    from utils.engine import epochs_in_budget
+    # 300 s, after epoch 1 (20 s elapsed): 6 s training + 1.5 s validation + 1.5 s writes = 9 s
+    # an epoch; this epoch's validation and writes (3 s) still to come: (300 - 23) // 9 = 30 more
+    assert epochs_in_budget(300.0, 20.0, 6.0, 1.5, 1, 1.5, epoch=1) == 2 + 30
+    assert epochs_in_budget(300.0, 20.0, 6.0, 1.5, 1, 0.0, epoch=1) == 2 + 37  # writes left out
+    # validation every 4 epochs counts a quarter per epoch, and only pending when this one runs it
+    assert epochs_in_budget(300.0, 20.0, 6.0, 4.0, 4, 1.0, epoch=1) == 2 + (279 // 8)
+    assert epochs_in_budget(300.0, 20.0, 6.0, 4.0, 4, 1.0, epoch=3) == 4 + (275 // 8)
+    assert epochs_in_budget(300.0, 400.0, 6.0, 0.0, 1, 0.0, epoch=0) == 1  # past the budget

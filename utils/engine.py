@@ -47,6 +47,9 @@ LOGGER = logging.getLogger(__name__)
 WARMUP_MAX_FRACTION = 0.3
 # Seconds between progress-bar lines when stderr is a file, not a terminal (keeps nohup logs readable).
 LOG_BAR_INTERVAL = 60.0
+# results.png is redrawn at most this often (seconds) and once at the end: a redraw takes 1-2 s on
+# 2 cores (matplotlib), a tenth of an epoch of finetune.py, which made it after every epoch.
+PLOT_INTERVAL = 60.0
 # --time fits the number of epochs to the budget after each of this many first epochs (the first
 # alone ran 4x slower than the next ones in a 2-core CPU finetuning: label cache, bf16 kernels).
 TIME_FIT_EPOCHS = 2
@@ -146,6 +149,23 @@ def increment_path(path: Path, exist_ok: bool) -> Path:
     while Path(f"{path}{n}").exists():
         n += 1
     return Path(f"{path}{n}")
+
+
+def epochs_in_budget(budget_s: float, elapsed_s: float, train_s: float, val_s: float,
+                     val_period: int, save_s: float, epoch: int) -> int:
+    """``--time``: the epochs a run will have, counted when epoch ``epoch`` (0-based) is trained
+    but not yet validated or saved: the epochs done plus those that fit the rest of the budget.
+
+    All in seconds: ``elapsed_s`` since the start; ``train_s`` this epoch's training;
+    ``val_s`` the last validation (0: none yet), run every ``val_period`` epochs; ``save_s``
+    the last epoch's results row, plot and checkpoint writes (0: none yet). An epoch costs
+    ``train_s + val_s / val_period + save_s``; left uncounted, the writes cut a 10-minute
+    finetuning from a planned 57-74 epochs to 46-55, so that its cosine never ended."""
+    val_period = max(val_period, 1)
+    pending = (val_s if (epoch + 1) % val_period == 0 else 0.0) + save_s  # this epoch's
+    per_epoch = train_s + val_s / val_period + save_s
+    rest = int(max(budget_s - elapsed_s - pending, 0.0) / max(per_epoch, 1e-6))
+    return epoch + 1 + rest
 
 
 def lr_lambda(hyp: Hyp, epochs: int, cos: bool):
@@ -255,6 +275,7 @@ class Trainer:
         opt.save_dir = du.broadcast_object(opt.save_dir, self.info)
         self.save_dir = Path(opt.save_dir)
         self.wdir = self.save_dir / "weights"
+        self._plotted = time.time()  # the first results.png after PLOT_INTERVAL
 
     # ---------------------------------------------------------------- set-up
     def _setup(self, ckpt: dict | None):
@@ -412,23 +433,24 @@ class Trainer:
         LOGGER.info("training %s for %d epochs from epoch %d on %s, %d rank(s), batch %d per rank, "
                     "results in %s", self.task.kind, opt.epochs, self.start_epoch + 1, self.device,
                     info.world_size, self.batch_per_rank, self.save_dir)
-        t_start, epoch, val_s = time.time(), self.start_epoch, 0.0
+        t_start, epoch, val_s, save_s = time.time(), self.start_epoch, 0.0, 0.0
         while epoch < opt.epochs:
             t0 = time.time()
             row = {"epoch": epoch, **self._train_epoch(epoch, nw)}
             row["lr"] = self.optimizer.param_groups[1]["lr"]
             self.scheduler.step()
+            validates = (epoch + 1) % max(opt.val_period, 1) == 0
             if opt.time > 0 and epoch - self.start_epoch < TIME_FIT_EPOCHS and not opt.resume:
-                # before the checkpoint, which must carry the epochs the run will have (resume);
-                # the validation about to run is counted at the last one's duration
-                nw = self._fit_epochs_to_time(time.time() - t_start + val_s,
-                                              time.time() - t0 + val_s, epoch, nb)
+                # before the checkpoint, which must carry the epochs the run will have (resume)
+                epochs = epochs_in_budget(opt.time * 60.0, time.time() - t_start,
+                                          time.time() - t0, val_s, opt.val_period, save_s, epoch)
+                nw = self._fit_epochs_to_time(epochs, epoch, nb, time.time() - t0)
             stop = False
             if info.is_main:
                 out_of_time = self._out_of_time(t_start, time.time() - t0, epoch)
                 last = epoch + 1 == opt.epochs or out_of_time
                 metrics = {}
-                if (epoch + 1) % max(opt.val_period, 1) == 0 or last:
+                if validates or last:
                     metrics = self.task.validate(self.ema.ema, self.device)
                     val_s = metrics.get("seconds", val_s)
                 fitness = metrics.get("fitness", -1.0)
@@ -437,13 +459,17 @@ class Trainer:
                     self.best_fitness, self.best_epoch = fitness, epoch
                 row.update({f"val/{k}": v for k, v in metrics.items()})
                 row["seconds"] = round(time.time() - t0, 2)
+                t_save = time.time()
                 self._log_row(row)  # before the checkpoint: a kill in between re-runs this epoch
                 self._save(epoch, improved)
+                save_s = time.time() - t_save  # the results plot and ~190 MB of checkpoints
                 stop = stopper(epoch, self.best_epoch) or out_of_time
             stop = du.broadcast_object(stop, info)
             if stop:
                 break
             epoch += 1
+        if info.is_main:
+            self._plot()
         du.barrier(info)
         du.cleanup(info)
         best = self.wdir / "best.pt"
@@ -461,21 +487,20 @@ class Trainer:
                     epoch + 1, self.opt.epochs)
         return True
 
-    def _fit_epochs_to_time(self, elapsed_s: float, epoch_s: float, epoch: int, nb: int) -> int:
-        """``--time``: set ``opt.epochs`` to the epochs done plus those that fit the rest of the
-        budget at this epoch's pace (rank 0's measure, shared), rebuild the learning-rate
-        schedule over them (the scheduler keeps its step count) and return the warm-up length
-        in iterations. Called after each of the first TIME_FIT_EPOCHS epochs: the first one
-        also pays one-time costs (caches, workers, kernels) and would underestimate the pace."""
+    def _fit_epochs_to_time(self, epochs: int, epoch: int, nb: int, train_s: float) -> int:
+        """``--time``: set ``opt.epochs`` to ``epochs`` (rank 0's :func:`epochs_in_budget`,
+        shared), rebuild the learning-rate schedule over them (the scheduler keeps its step count)
+        and return the warm-up length in iterations. Called after each of the first
+        TIME_FIT_EPOCHS epochs: the first one also pays one-time costs (caches, workers, kernels)
+        and would underestimate the pace."""
         opt = self.opt
-        rest = int(max(opt.time * 60.0 - elapsed_s, 0.0) / max(epoch_s, 1e-6))
-        opt.epochs = int(du.broadcast_object(max(epoch + 1, epoch + 1 + rest), self.info))
+        opt.epochs = int(du.broadcast_object(epochs, self.info))
         self.lf = lr_lambda(self.hyp, opt.epochs, opt.cos_lr)
         self.scheduler.lr_lambdas = [self.lf] * len(self.optimizer.param_groups)
         for group in self.optimizer.param_groups:  # the next epoch's lr on the new schedule
             group["lr"] = group["initial_lr"] * self.lf(epoch + 1)
-        LOGGER.info("--time %.1f min: epoch %d took %.1f s, training %d epochs", opt.time,
-                    epoch + 1, epoch_s, opt.epochs)
+        LOGGER.info("--time %.1f min: epoch %d trained in %.1f s, training %d epochs", opt.time,
+                    epoch + 1, train_s, opt.epochs)
         return warmup_iters(self.hyp.warmup_epochs, nb, opt.epochs, self.hyp.warmup_min_iters)
 
     def _log_row(self, row: dict) -> None:
@@ -492,7 +517,14 @@ class Trainer:
             writer.writerows(rows)
         LOGGER.info("epoch %d: %s", row["epoch"] + 1,
                     ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))
-        plot_results(path)
+        if time.time() - self._plotted >= PLOT_INTERVAL:
+            self._plot()
+
+    def _plot(self) -> None:
+        path = self.save_dir / "results.csv"
+        if path.exists():
+            plot_results(path)
+        self._plotted = time.time()
 
 
 @dataclass

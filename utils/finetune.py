@@ -11,15 +11,15 @@ on a CPU. Steps, each a function:
 4. :func:`start_weights`: the shipped branch of the images' modality (or the ``--weights`` given);
 5. the training engine (``utils.engine.run_training``, the AWF task, data/hyps/hyp.finetune.yaml),
    for ``minutes`` of training (``--time``: the epochs that fit, measured on the first ones; half
-   the minutes when step 7 follows); its last epoch is kept;
+   the minutes when step 8 follows); its last epoch is kept;
 6. :func:`score_checkpoint` before and after: the challenge metric on the held-back images
    (else the training images), through predict.py's own pipeline (utils.routing.Router), on the
    original images;
 7. with held-back images (and ``tune``), :func:`tune_detection`: the detection thresholds swept
    on them with step 6's weights, the best pair kept when the images hold enough cells for it;
-8. with held-back images (and ``refit``), training goes on from step 6's weights for the same
-   number of epochs on every image, held-back ones included: step 6 measured the weights, this
-   run adds every label and doubles the steps;
+8. with held-back images (and ``refit``), training goes on from step 6's weights on every image,
+   held-back ones included, for the rest of the minutes (or, with ``epochs``, as many again):
+   step 6 measured the weights, this run adds every label and doubles the steps or more;
 9. the weights stripped to ``finetuned.pt`` (fp16 EMA, with the training images' resize factor
    as ``input_scale``: predict.py --ckpt and the Python API resize images by it, as the weights
    learnt them, instead of applying the size rule; and step 7's thresholds, if kept);
@@ -59,6 +59,8 @@ MIN_VAL_PAIRS = 3
 VAL_FRACTION = 0.2
 # Minutes kept out of the budget for the scoring before and after (a few images each).
 SCORING_RESERVE_MIN = 0.5
+# Minutes kept out of the refit's budget (the rest of ``minutes``) for writing finetuned.pt.
+WRITE_RESERVE_MIN = 0.1
 # Detection thresholds tuned for the finetuned weights on the held-back images (utils.tune_nms's
 # sweep of validated.pt; one network pass per image): this grid, and the best pair is stored in
 # finetuned.pt when the held-back labels hold MIN_TUNE_CELLS cells or more and it beats the
@@ -118,10 +120,11 @@ class FinetuneResult:
     held_out: bool                  # True: images not trained on; False: the training images
     weights: Path                   # finetuned.pt
     start: Path                     # the weights finetuning started from
-    epochs: int
+    epochs: int                     # of the training scored (validated.pt)
     minutes: float
     resize: float                   # resize factor of the training images (1 = as given)
     refit: bool = False             # finetuned.pt trained on further on every image (held-back too)
+    refit_epochs: int = 0           # the epochs of that further training
     tuning: DetectionTuning | None = None  # the threshold sweep on the held-back images
 
 
@@ -300,9 +303,10 @@ def run_finetune(opt: FinetuneOptions) -> FinetuneResult:
     """The whole finetuning (module docstring); returns the F1 before and after.
 
     With held-back images and ``opt.refit``, the time is split in two: the first training (on
-    the other images) is the one scored on the held-back images; the second goes on from its
-    weights, for as many epochs, on every image and gives finetuned.pt (with 3 images, half as
-    much data again; measured in ckpts/README.md, leave one source out)."""
+    the other images, half the minutes) is the one scored on the held-back images; the second
+    goes on from its weights, for the rest of the minutes (``opt.epochs``: as many epochs), on
+    every image and gives finetuned.pt (with 3 images, half as much data again; measured in
+    ckpts/README.md, leave one source out)."""
     from utils.dist import select_device
     from utils.engine import increment_path
 
@@ -337,17 +341,21 @@ def run_finetune(opt: FinetuneOptions) -> FinetuneResult:
     if detection and not refit:
         out = strip_checkpoint(last, validated, note=note, input_scale=factor, detection=detection)
     if refit:
-        LOGGER.info("F1 after %.3f on the held-back image(s); %d more epochs on all %d images",
-                    float(np.mean(after)), epochs, len(pairs))
+        LOGGER.info("F1 after %.3f on the held-back image(s); training goes on on all %d images",
+                    float(np.mean(after)), len(pairs))
         all_yaml = prepare_dataset(train + held, [], run_dir / "data_all", channels, factor,
                                    epoch_size)
-        last = _train(opt, all_yaml, validated, run_dir, "train_all", epochs, 0.0)
+        rest = 0.0 if opt.epochs > 0 else max(opt.minutes - WRITE_RESERVE_MIN
+                                              - (time.time() - t0) / 60.0, 0.5)
+        last = _train(opt, all_yaml, validated, run_dir, "train_all", opt.epochs, rest)
+        refit_epochs = epochs_run(last)
         out = strip_checkpoint(last, run_dir / "finetuned.pt",
-                               note=note + f"; then {epochs} epochs on all {len(pairs)} images",
+                               note=note + f"; then {refit_epochs} epochs on all {len(pairs)} images",
                                input_scale=factor, detection=detection)
     result = FinetuneResult(float(np.mean(before)), float(np.mean(after)),
                             [p[0].name for p in scored], bool(held), out, start,
-                            epochs, (time.time() - t0) / 60.0, factor, refit, tuning)
+                            epochs, (time.time() - t0) / 60.0, factor, refit,
+                            refit_epochs if refit else 0, tuning)
     (run_dir / "finetune.yaml").write_text(yaml.safe_dump(
         {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()},
         sort_keys=False))
