@@ -26,8 +26,14 @@ class OmniposeConfig:
     neck_channels: int = 128
     decoder_channels: list[int] = field(default_factory=lambda: [64, 32])
     backbone: str = "resnet18"
+    # Cell diameter (px, utils.inference.median_diameter) every training image was resized to
+    # (the dataset's ``target_diameter``); prediction resizes images so that their cells measure
+    # it (utils.sizing.trained_size_rule). 0: trained and run at the images' own scale.
+    diameter: float = 0.0
 
     def __post_init__(self):
+        if not self.diameter >= 0:
+            raise ValueError(f"diameter must be >= 0 (0 = native scale), got {self.diameter}")
         if self.backbone != "resnet18":
             raise ValueError(f"backbone must be resnet18, got {self.backbone}")
         if len(self.decoder_channels) != 2:
@@ -58,6 +64,11 @@ class Omnipose(nn.Module):
         c1, c2, c3, c4, c5 = self.backbone((x - self.mean) / self.std)
         out = self.decoder(self.neck([c3, c4, c5])[8], c2, c1)
         return {"flow": out[:, :2], "dist": out[:, 2:3], "boundary": out[:, 3:4]}
+
+    @property
+    def diameter(self) -> float:
+        """The cell diameter (px) this model was trained at; 0 = the images' own scale."""
+        return float(self.cfg.diameter)
 
     def config_dict(self) -> dict:
         return to_dict(self.cfg)

@@ -125,8 +125,8 @@ def test_diameter_sets_the_one_resize_factor_and_excludes_scale():
     predictor = Predictor.from_config(ckpt=GENERAL, device="cpu", diameter=DIAMETER_TARGET / 2)
     result = predictor.segment(_fl(3, (64, 64)))
     assert result.scale == 2.0 and result.label.shape == (64, 64)
-    assert predictor.router.overrides.scale == 2.0   # fixed: no size-rule second pass
-    assert Predictor.from_config(ckpt=GENERAL, device="cpu").router.overrides.scale is None
+    assert predictor.router.overrides.fixed_scale() == 2.0   # fixed: no size-rule second pass
+    assert Predictor.from_config(ckpt=GENERAL, device="cpu").router.overrides.fixed_scale() is None
     with pytest.raises(ValueError, match="give one of the two"):
         Predictor.from_config(ckpt=GENERAL, scale=2.0, diameter=30)
     with pytest.raises(SystemExit):  # argparse: --scale and --diameter exclude each other

@@ -112,3 +112,43 @@ def test_workers_capped_at_cores(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     assert max_workers(8) == 4 and max_workers(8, world_size=2) == 2 and max_workers(1) == 1
     assert max_workers(8, world_size=8) == 0
+
+
+def _discs(shape, diameter, spacing):
+    """``(H, W)`` int32 label of discs of ``diameter`` px on a grid of ``spacing`` px."""
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    label = np.zeros(shape, np.int32)
+    centres = [(y, x) for y in range(spacing // 2, shape[0] - diameter // 2, spacing)
+               for x in range(spacing // 2, shape[1] - diameter // 2, spacing)]
+    for i, (y, x) in enumerate(centres, 1):
+        label[(yy - y + 0.5) ** 2 + (xx - x + 0.5) ** 2 <= (diameter / 2) ** 2] = i
+    return label
+
+
+def test_target_diameter_resizes_each_sample_to_one_cell_size_labels_aligned(tmp_path):
+    """Large cells are shrunk and small ones enlarged until they measure the target diameter;
+    the label follows the image (pixel centres aligned as cv2.resize's: sampling at i * scale, as
+    cv2's INTER_NEAREST does, shifts a 4x shrunk label by 0.4 px)."""
+    import cv2
+    import tifffile
+    from utils.inference import median_diameter
+
+    root = tmp_path / "d"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for name, diameter, spacing in (("big", 120, 150), ("small", 12, 20)):
+        label = _discs((480, 480) if name == "big" else (240, 240), diameter, spacing)
+        cv2.imwrite(str(root / "images" / f"{name}.png"), np.where(label > 0, 255, 0).astype(np.uint8))
+        tifffile.imwrite(root / "labels" / f"{name}_label.tiff", label)
+    samples = resolve_split(cfg_for(root, train=["."]), "train")
+    ds = CellDataset(samples, 256, cache=DatasetCache(samples, tmp_path / "cache"),
+                     target_diameter=30.0)
+    for i in range(len(samples)):
+        item = ds[i]
+        label, img = item["label"].numpy(), item["img"][0].numpy().astype(float)
+        assert abs(median_diameter(label) - 30.0) < 2.0, samples[i].image.name
+        fg = (label > 0).astype(float)
+        for grid in np.mgrid[:256, :256]:  # centre of the cells = centre of the image's brightness
+            assert abs((grid * fg).sum() / fg.sum() - (grid * img).sum() / img.sum()) < 0.2
+    plain = CellDataset(samples, 256, cache=DatasetCache(samples, tmp_path / "cache2"))
+    assert median_diameter(plain[0]["label"].numpy()) > 90  # 0: the native scale (crop cuts some)

@@ -1,9 +1,11 @@
 """The Omnipose branch: network shapes, AWF weight transfer, loss, segmenter, train_omnipose.py."""
+import itertools
 import shutil
 
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from models.awf import AWF
 from models.loading import load_model, model_from_weights
@@ -14,6 +16,7 @@ from utils.inference import OmniposeParams, OmniposeSegmenter
 from utils.loss import OmniposeLoss
 from utils.metrics import match_instances
 from utils.routing import Overrides, Router, load_routing
+from utils.sizing import to_diameter
 from utils.synthetic import make_label
 
 
@@ -80,10 +83,11 @@ def test_segmenter_returns_ground_truth_from_ground_truth_maps():
 def test_train_omnipose_and_predict(tmp_path, synthetic_data, run_script):
     run_script(["train_omnipose.py", "--data", synthetic_data, "--img", "64", "--batch", "2",
                 "--epochs", "1", "--workers", "0", "--device", "cpu", "--project", tmp_path,
-                "--name", "omni"])
+                "--name", "omni", "--cfg", "models/omnipose_sized.yaml"])
     ckpt = tmp_path / "omni" / "weights" / "last.pt"
     assert torch.load(ckpt, weights_only=True)["kind"] == "omnipose"
-    assert isinstance(load_model(ckpt), Omnipose)
+    model = load_model(ckpt)
+    assert isinstance(model, Omnipose) and model.diameter == 30.0  # predict.py resizes to it
     images = synthetic_data.parent / "set" / "images"
     run_script(["predict.py", "-i", images, "-o", tmp_path / "out", "--ckpt", ckpt, "--device", "cpu"])
     assert len(list((tmp_path / "out").glob("*_label.tiff"))) == len(list(images.iterdir()))
@@ -118,6 +122,84 @@ def test_segmenter_honours_tta_and_scale():
     half = OmniposeSegmenter(model, params=OmniposeParams(scale=0.5)).segment(image)
     assert model.shapes == [(64, 64)] and half.label.shape == label.shape  # 50 x 45, padded
     assert match_instances(label, half.label, count_bd_cells=True).f1 >= 0.7
+
+
+class _Thresholding(torch.nn.Module):
+    """The Omnipose maps of the input's bright connected regions: a model that segments cells of
+    any size, standing for one trained at ``diameter`` px."""
+
+    kind = "omnipose"
+
+    def __init__(self, diameter: float):
+        super().__init__()
+        self.diameter, self.shapes = diameter, []
+
+    def forward(self, x):
+        self.shapes.append(tuple(x.shape[-2:]))
+        t = label_to_tensor(ndimage.label(x[0, 0].numpy() > 0.5)[0].astype(np.int32))
+        return {"flow": t[None, :2], "dist": t[None, 2:3], "boundary": t[None, 3:4]}
+
+
+def _disc_image(size: int, diameter: int, spacing: int):
+    """``(label (S, S), image (S, S, 3) uint8)``: separate discs of ``diameter`` px, white."""
+    yy, xx = np.mgrid[:size, :size]
+    label = np.zeros((size, size), np.int32)
+    for i, (y, x) in enumerate(itertools.product(range(spacing // 2, size, spacing), repeat=2), 1):
+        label[(yy - y) ** 2 + (xx - x) ** 2 <= (diameter / 2) ** 2] = i
+    return label, np.repeat(np.where(label > 0, 255, 0).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def test_a_model_trained_at_one_diameter_segments_images_at_that_diameter():
+    label, image = _disc_image(300, 90, 100)
+    model = _Thresholding(30.0)
+    out = OmniposeSegmenter(model).segment(image)  # measured at 90 px, then resized to 30
+    assert out.scale == pytest.approx(to_diameter(90.0, 30.0)) and 0.3 < out.scale < 0.36
+    assert model.shapes == [(320, 320), (128, 128)]  # 300 and 100 px, padded
+    assert match_instances(label, out.label).f1 == 1.0 and abs(out.diameter - 90) < 3
+    small, small_image = _disc_image(128, 30, 40)
+    model.shapes.clear()
+    assert OmniposeSegmenter(model).segment(small_image).scale == 1.0  # at 30 px: one pass
+    assert len(model.shapes) == 1
+    native = _Thresholding(0.0)
+    assert OmniposeSegmenter(native).segment(image).scale == 1.0 and len(native.shapes) == 1
+    # predict.py's flags fix the resize: --diameter D gives 30 / D, --scale itself; no second pass
+    fixed = Overrides(diameter=60.0).omnipose_params(30.0)
+    assert fixed.scale == 0.5 and fixed.size_rule is None
+    assert Overrides(diameter=60.0).omnipose_params(0.0).scale == pytest.approx(50 / 60)
+    assert Overrides(scale=2.0).omnipose_params(30.0).size_rule is None
+    assert Overrides().omnipose_params(30.0).size_rule.small_target == 30.0
+    assert Overrides().omnipose_params(0.0).size_rule is None
+    with pytest.raises(ValueError, match="give one of the two"):
+        Overrides(scale=1.0, diameter=30.0)
+
+
+class _Fragmenting(_Thresholding):
+    """As a model trained at ``diameter`` px does on much larger cells: bright regions over
+    twice that across come out as 10-px pieces."""
+
+    def forward(self, x):
+        self.shapes.append(tuple(x.shape[-2:]))
+        label = ndimage.label(x[0, 0].numpy() > 0.5)[0]
+        area = np.bincount(label.ravel())
+        big = (area[label] > np.pi * self.diameter ** 2) & (label > 0)  # over 2 * diameter across
+        yy, xx = np.mgrid[:label.shape[0], :label.shape[1]]
+        label = np.where(big & ((yy % 10 == 0) | (xx % 10 == 0)), 0, label > 0)
+        t = label_to_tensor(ndimage.label(label)[0].astype(np.int32))
+        return {"flow": t[None, :2], "dist": t[None, 2:3], "boundary": t[None, 3:4]}
+
+
+def test_the_awf_s_diameter_sizes_an_omnipose_that_breaks_up_cells_far_over_its_own():
+    """At their own scale, cells 4x the training diameter come out as pieces, so the model's own
+    measure enlarges the image (F1 0); the diameter the router's AWF measured gives one pass at
+    the right factor."""
+    label, image = _disc_image(480, 120, 160)
+    model = _Fragmenting(30.0)
+    alone = OmniposeSegmenter(model).segment(image)
+    assert alone.scale > 1 and match_instances(label, alone.label).f1 == 0.0
+    model.shapes.clear()
+    hinted = OmniposeSegmenter(model).segment(image, diameter=120.0)
+    assert model.shapes == [(128, 128)] and hinted.scale == 0.25
+    assert match_instances(label, hinted.label).f1 == 1.0 and hinted.timings["network"] > 0
 
 
 def test_detection_flags_are_refused_for_an_omnipose_checkpoint(tmp_path, caplog):

@@ -185,7 +185,8 @@ class _FixedSegmenter:
     def __init__(self, label, conf):
         self.label, self.conf = label, conf
 
-    def segment(self, image):
+    def segment(self, image, diameter=0.0):
+        self.hint = diameter  # the router's: the AWF's measured diameter for the Omnipose branch
         return Segmentation(self.label, fg_conf=self.conf, diameter=median_diameter(self.label),
                             n_cells=int(self.label.max()), timings={"network": 1.0})
 
@@ -211,6 +212,8 @@ def test_router_applies_the_omni_rule_per_modality(tmp_path, monkeypatch):
         monkeypatch.setattr(router, "segmenter", lambda path, modality: fake[path.stem])
         result = router.route_and_segment(raw, image)
         assert result.modality == "fl" and result.branch == branch
+        if modalities == ["fl"]:  # Omnipose ran, sized by the AWF's cells
+            assert fake["omnipose"].hint == median_diameter(split) > 0
         assert result.label.max() == (1 if branch == "omnipose" else 2)
         # the time of every branch that ran: both when the rule applies
         assert result.timings["network"] == (2.0 if modalities == ["fl"] else 1.0)

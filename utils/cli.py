@@ -148,7 +148,8 @@ def add_prediction_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     size.add_argument("--diameter", type=diameter_arg, metavar="PIXELS",
                       help="the cells' typical diameter in the image (Cellpose's --diameter): the "
                            f"image is resized once by {DIAMETER_TARGET:g} / PIXELS "
-                           "(utils.sizing.DIAMETER_TARGET); 0 = automatic, as --scale's default")
+                           "(utils.sizing.DIAMETER_TARGET; an Omnipose trained at one diameter: "
+                           "that diameter / PIXELS); 0 = automatic, as --scale's default")
     p.add_argument("--modality", choices=MODALITIES,
                    help="branch and detection settings of this modality for every image (bf: "
                         "brightfield, fl: fluorescence, gs: grayscale) instead of the classifier's;"

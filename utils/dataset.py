@@ -23,8 +23,10 @@ from utils.augment import Tile, augment_tiles, eval_transform
 from utils.boxes import label_to_boxes
 from utils.config import Hyp
 from utils.datasplits import Sample
+from utils.inference import median_diameter, resize_image, resize_label
 from utils.label_cache import DatasetCache
 from utils.sampling import ShareSampler
+from utils.sizing import to_diameter
 from utils.targets import height_map
 
 LOGGER = logging.getLogger(__name__)
@@ -52,14 +54,19 @@ class CellDataset(Dataset):
     as a tensor. ``augment=False``: top-left crop / padding at native scale, deterministic.
     An index may be ``(index, seed)`` (see :func:`build_dataloader`): the augmentation then
     depends on the seed only; a bare index draws its seed from ``np.random``.
+    ``target_diameter`` > 0 (px): every labelled image (and its label and ignore mask) is first
+    resized so that its median cell diameter measures that (:func:`utils.sizing.to_diameter`),
+    as a model trained at one cell size needs (Omnipose: ``OmniposeConfig.diameter``).
     """
 
     def __init__(self, samples: list[Sample], img_size: int, hyp: Hyp | None = None,
                  augment: bool = False, cache: DatasetCache | None = None, target_fn=default_targets,
-                 shares: dict[str, float] | None = None, epoch_size: int | None = None):
+                 shares: dict[str, float] | None = None, epoch_size: int | None = None,
+                 target_diameter: float = 0.0):
         if cache is None:
             raise TypeError("CellDataset needs a DatasetCache (cache=...)")
         self.cache, self.img_size, self.augment = cache, int(img_size), augment
+        self.target_diameter, self._factors = float(target_diameter), {}
         self.hyp, self.target_fn = hyp or Hyp(), target_fn
         self.samples = [s for s in samples if cache.valid(s)]
         if len(self.samples) < len(samples):
@@ -85,7 +92,25 @@ class CellDataset(Dataset):
             label, ignore = self.cache.label(s), self.cache.ignore(s)
         if label is None:  # unlabeled: nothing to learn from, everything ignored
             label, ignore = np.zeros(img.shape[:2], np.int32), np.ones(img.shape[:2], bool)
+        elif self.target_diameter > 0:
+            img, label, ignore = self._to_target_diameter(i, img, label, ignore)
         return Tile(img, label, ignore, self.modalities[i])
+
+    def _to_target_diameter(self, i: int, img: np.ndarray, label: np.ndarray,
+                            ignore: np.ndarray | None):
+        """Sample ``i``'s arrays resized so that its cells measure ``target_diameter`` (the
+        factor measured once per sample and process; image bilinear, label and mask nearest)."""
+        if i not in self._factors:
+            self._factors[i] = to_diameter(median_diameter(label), self.target_diameter)
+        f = self._factors[i]
+        if f == 1.0:
+            return img, label, ignore
+        img = resize_image(img, f)
+        h, w = img.shape[:2]
+        label = resize_label(label, h, w, 1.0 / f)
+        if ignore is not None:
+            ignore = resize_label(ignore, h, w, 1.0 / f)
+        return img, label, ignore
 
     def _transform(self, i: int, rng: np.random.Generator) -> Tile:
         tile = self._tile(i)

@@ -25,7 +25,7 @@ from utils.branch_settings import BranchSettings
 from utils.flows import FLOW_THRESHOLD, MIN_SIZE, reconstruct_masks
 from utils.nms import merge_detections, non_max_suppression
 from utils.precision import Precision, resolve_precision
-from utils.sizing import SizeRule
+from utils.sizing import SizeRule, trained_size_rule
 from utils.tiling import (DEFAULT_CHUNK, DEFAULT_MARGIN, DEFAULT_OVERLAP, DEFAULT_WINDOW,
                           WindowAccumulator, gaussian_weight, segment_chunked_parts, window_grid)
 from utils.watershed import PostprocessParams, postprocess
@@ -116,6 +116,7 @@ class RunParams:
     max_full_size: int = MAX_FULL_SIZE  # larger images (after scaling) are chunked
     chunk: int = DEFAULT_CHUNK          # core size of a whole-slide chunk, pixels
     margin: int = DEFAULT_MARGIN        # chunk margin: cells up to ~2*margin px across are never cut
+    size_rule: SizeRule | None = None   # a second pass at the cells' scale (None = ``scale`` only)
 
 
 @dataclass(kw_only=True)
@@ -129,7 +130,6 @@ class InferenceParams(RunParams):
     window: int = DEFAULT_WINDOW        # sliding window, pixels (utils.tiling)
     overlap: float = DEFAULT_OVERLAP    # window overlap fraction
     post: PostprocessParams = field(default_factory=PostprocessParams)
-    size_rule: SizeRule | None = None   # a second pass at the cells' scale (None = ``scale`` only)
 
 
 @dataclass(kw_only=True)
@@ -158,19 +158,18 @@ def resize_image(image: np.ndarray, scale: float) -> np.ndarray:
 
 def resize_label(label: np.ndarray, h: int, w: int, scale: float) -> np.ndarray:
     """A label of an image resized by ``scale`` -> ``(h, w)`` by nearest neighbour (ids kept;
-    ``scale`` 1: the label itself)."""
+    ``scale`` 1: the label itself). Pixel centres align as in cv2.resize: output pixel i samples
+    the label at ``floor((i + 0.5) * scale)``."""
     if scale == 1.0:
         return label
-    yi = np.minimum((np.arange(h) * scale).astype(np.int64), label.shape[0] - 1)
-    xi = np.minimum((np.arange(w) * scale).astype(np.int64), label.shape[1] - 1)
+    yi = np.minimum(((np.arange(h) + 0.5) * scale).astype(np.int64), label.shape[0] - 1)
+    xi = np.minimum(((np.arange(w) + 0.5) * scale).astype(np.int64), label.shape[1] - 1)
     return label[np.ix_(yi, xi)]
 
 
 class Segmenter(abc.ABC):
     """A model in eval mode on a device; ``segment(image) -> Segmentation``. Subclasses supply
-    ``_segment_region(image) -> (label, RegionStats)`` and ``default_params``."""
-
-    default_params = None
+    ``_segment_region(image) -> (label, RegionStats)``."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device | str = "cpu", params=None,
                  precision: Precision | None = None):
@@ -178,10 +177,10 @@ class Segmenter(abc.ABC):
         # utils.precision: autocast dtype and memory format (default fp32, contiguous)
         self.precision = precision or resolve_precision("fp32", self.device)
         self.model = self.precision.model(model.eval().to(self.device))
-        if params is None and self.default_params is None:
+        if params is None:
             raise TypeError(f"{type(self).__name__} needs its params (the detection settings of "
                             "data/routing.yaml: RoutingConfig.inference_params)")
-        self.params = params if params is not None else self.default_params()
+        self.params = params
 
     def _autocast(self):
         return self.precision.autocast()
@@ -194,22 +193,29 @@ class Segmenter(abc.ABC):
     def _segment_region(self, image: np.ndarray) -> tuple[np.ndarray, RegionStats]:
         """One region (a whole image or a chunk) -> its ``(H, W)`` label and :class:`RegionStats`."""
 
-    def segment(self, image: np.ndarray) -> Segmentation:
+    def segment(self, image: np.ndarray, diameter: float = 0.0) -> Segmentation:
         """Network image ``(H, W, 3) uint8`` -> :class:`Segmentation` (label ``(H, W)``).
 
         One pass at ``params.scale`` (:meth:`segment_at`); with a ``size_rule`` in the params
-        (AWF), a second pass at the factor the first pass's median diameter asks for
-        (:meth:`utils.sizing.SizeRule.factor`; an enlargement stops at ``max_full_size`` a side),
-        kept unless it finds no cell. Timings add up."""
-        p = self.params
-        first = self.segment_at(image, p.scale)
-        rule = getattr(p, "size_rule", None)
-        factor = rule.factor(first.diameter) if rule is not None else 1.0
+        (AWF: data/routing.yaml's; Omnipose: its training diameter's), a second pass at the
+        factor the first pass's median diameter asks for (:meth:`utils.sizing.SizeRule.factor`;
+        an enlargement stops at ``max_full_size`` a side), kept unless it finds no cell.
+        ``diameter`` > 0 (px, the cells' median diameter measured by another model's pass of
+        this image: the router's AWF) stands in for the first pass: one pass at the factor it
+        asks for. Timings add up."""
+        p, rule = self.params, self.params.size_rule
+        first = None
+        if rule is None or diameter <= 0:
+            first = self.segment_at(image, p.scale)
+            diameter = first.diameter
+        factor = rule.factor(diameter) if rule is not None else 1.0
         if factor > 1.0:  # enlarging never makes an image chunked (a whole slide stays one pass)
             factor = max(1.0, min(factor, p.max_full_size / (p.scale * max(image.shape[:2]))))
-        if factor == 1.0:
+        if factor == 1.0 and first is not None:
             return first
         second = self.segment_at(image, p.scale * factor)
+        if first is None:
+            return second
         if second.n_cells == 0:
             return first
         timings = {k: first.timings.get(k, 0.0) + v for k, v in second.timings.items()}
@@ -323,9 +329,15 @@ class OmniposeSegmenter(Segmenter):
 
     ``fg_conf``: mean of sigmoid(distance) over pixels above 0.5, the Omnipose side of the
     routing rule (the distance output is about -5 on background and grows inside cells).
+    ``params`` None: the defaults, with the size rule of the model's training diameter
+    (:func:`utils.sizing.trained_size_rule`; none for a model trained at native scale).
     """
 
-    default_params = OmniposeParams
+    def __init__(self, model: torch.nn.Module, device: torch.device | str = "cpu",
+                 params: OmniposeParams | None = None, precision: Precision | None = None):
+        if params is None:
+            params = OmniposeParams(size_rule=trained_size_rule(getattr(model, "diameter", 0.0)))
+        super().__init__(model, device, params, precision)
 
     @torch.no_grad()
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

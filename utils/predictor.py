@@ -26,7 +26,6 @@ from utils.dist import select_device
 from utils.inference import Segmentation
 from utils.io import MAX_CHANNELS, as_image, network_input, read_image
 from utils.routing import Overrides, Router, load_routing
-from utils.sizing import diameter_scale
 
 LOGGER = logging.getLogger(__name__)
 __all__ = ["Predictor", "REPO_ROOT", "prediction_defaults"]
@@ -72,7 +71,8 @@ class Predictor:
         - ``conf_thres`` / ``iou_thres`` / ``max_det``: the AWF detection settings (None = the
           routing YAML's per-modality values); ``tta``: flip test-time augmentation.
         - ``scale``: a fixed resize factor; ``diameter``: the cells' typical diameter in pixels
-          (the image is resized by utils.sizing.DIAMETER_TARGET / diameter); at most one of the
+          (the image is resized by utils.sizing.DIAMETER_TARGET / diameter, or for an Omnipose
+          trained at one diameter by that diameter / ``diameter``); at most one of the
           two; None / 0 = automatic (the image's own scale, then the size rule).
         - ``modality``: "bf", "fl" or "gs" for every image (None = the classifier's).
         - ``chan`` / ``chan2``: Cellpose's channels (1-based; chan 0 = grey, chan2 0 = none;
@@ -81,14 +81,10 @@ class Predictor:
 
         An unknown name is a TypeError; no weights a FileNotFoundError, a refused setting a
         ValueError (one line each)."""
-        if scale is not None and diameter:
-            raise ValueError(f"--scale {scale} and --diameter {diameter}: give one of the two")
-        if diameter:
-            scale = diameter_scale(diameter)
         channels = channel_choice(chan, chan2)
         if not isinstance(device, torch.device):
             device = select_device(device)
-        overrides = Overrides(conf_thres, iou_thres, max_det, tta, scale)
+        overrides = Overrides(conf_thres, iou_thres, max_det, tta, scale, diameter)
         router = Router(load_routing(routing), device, overrides, ckpt=ckpt, amp=amp,
                         base_dir=REPO_ROOT, modality=modality)
         router.check_checkpoints()

@@ -35,7 +35,7 @@ from utils.inference import (AWFSegmenter, InferenceParams, OmniposeParams, Omni
                              Segmentation)
 from utils.modality import MODALITIES, classify_modality
 from utils.precision import log_precision, resolve_precision
-from utils.sizing import SizeRule
+from utils.sizing import SizeRule, diameter_scale, trained_size_rule
 
 LOGGER = logging.getLogger(__name__)
 # The shipped routing configuration: the default of predict.py, evaluate.py, training validation
@@ -129,6 +129,24 @@ class Overrides:
     max_det: int | None = None
     tta: bool = False
     scale: float | None = None   # a fixed resize factor; None = native, then the size rule
+    diameter: float = 0.0        # the cells' typical diameter in the images (px, --diameter): a
+    #                              fixed resize to the model's diameter; 0 = measured
+
+    def __post_init__(self):
+        if self.scale is not None and self.diameter:
+            raise ValueError(f"--scale {self.scale} and --diameter {self.diameter}: give one of "
+                             "the two")
+        if self.diameter:
+            diameter_scale(self.diameter)  # > 0, or a one-line ValueError
+
+    def fixed_scale(self, trained_diameter: float = 0.0) -> float | None:
+        """This run's fixed resize factor: --scale, or --diameter's (a model trained at
+        ``trained_diameter`` px: that over --diameter; else utils.sizing.DIAMETER_TARGET over
+        it); None = automatic (native scale, then the size rule)."""
+        if self.diameter:
+            return (trained_diameter / self.diameter if trained_diameter > 0
+                    else diameter_scale(self.diameter))
+        return self.scale
 
     def detection(self) -> dict:
         """The detection settings this run overrides, by BranchSettings name."""
@@ -142,14 +160,18 @@ class Overrides:
     def params(self, settings: BranchSettings, size_rule: SizeRule | None = None) -> InferenceParams:
         """An AWF branch's InferenceParams: its ``settings`` with these overrides; ``size_rule``
         applies unless this run fixes the scale."""
+        scale = self.fixed_scale()
         return InferenceParams(detection=replace(settings, **self.detection()), tta=self.tta,
-                               scale=1.0 if self.scale is None else self.scale,
-                               size_rule=size_rule if self.scale is None else None)
+                               scale=1.0 if scale is None else scale,
+                               size_rule=size_rule if scale is None else None)
 
-    def omnipose_params(self) -> OmniposeParams:
-        """The Omnipose branch's settings: --tta and --scale (it has no detection step, and no
-        size rule: its flows were not measured at other scales)."""
-        return OmniposeParams(tta=self.tta, scale=1.0 if self.scale is None else self.scale)
+    def omnipose_params(self, diameter: float = 0.0) -> OmniposeParams:
+        """An Omnipose branch's settings: --tta and the fixed scale (it has no detection step),
+        else the size rule of its training ``diameter`` (px; 0 = trained at native scale: one
+        pass as the image is)."""
+        scale = self.fixed_scale(diameter)
+        return OmniposeParams(tta=self.tta, scale=1.0 if scale is None else scale,
+                              size_rule=trained_size_rule(diameter) if scale is None else None)
 
 
 class Router:
@@ -237,11 +259,12 @@ class Router:
     def segmenter(self, path: Path, modality: str):
         model = self._model(path)
         if getattr(model, "kind", "awf") == "omnipose":
-            return OmniposeSegmenter(model, self.device, self.overrides.omnipose_params(),
+            return OmniposeSegmenter(model, self.device,
+                                     self.overrides.omnipose_params(model.diameter),
                                      precision=self.precision)
         params = self.params(modality, model)
         scale = getattr(model, "input_scale", 1.0)
-        if self.overrides.scale is None and scale != 1.0:
+        if self.overrides.fixed_scale() is None and scale != 1.0:
             # weights trained on resized images (finetune.py): the same resize, no size rule
             params = replace(params, scale=scale, size_rule=None)
         return AWFSegmenter(model, self.device, params, precision=self.precision)
@@ -259,7 +282,8 @@ class Router:
         rule = self.cfg.omni_rule
         omni = None if self.ckpt else self.branch_path("omni")
         if omni is not None and rule.enabled and modality in rule.modalities:
-            rival = self.segmenter(omni, modality).segment(image)
+            # sized by the AWF's cells (an Omnipose pass at the wrong scale mismeasures them)
+            rival = self.segmenter(omni, modality).segment(image, diameter=result.diameter)
             spent = add_timings(spent, rival.timings)
             if rule.prefer_omnipose(result.fg_conf, rival.fg_conf, result.diameter,
                                     rival.diameter):

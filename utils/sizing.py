@@ -36,11 +36,35 @@ FACTOR_STEPS_PER_OCTAVE = 12
 # ckpts/general.pt, evaluate.py on the 136 data/cells.yaml validation images), 50 px scored 0.806
 # and 30 px 0.791. It lies inside the rule's working range (min_diameter 14 .. max_diameter 75).
 DIAMETER_TARGET = 50.0
+# An Omnipose trained at one cell diameter D (models.omnipose.OmniposeConfig.diameter) segments an
+# image once as it is, then again resized so that the cells measure D, unless the first pass found
+# them within this factor of D already (+-15%: the zoom range of its training augmentation,
+# data/hyps/hyp.omnipose_sized.yaml scale 0.25 = U(0.75, 1.25), Cellpose's training default).
+TRAINED_DIAMETER_TOLERANCE = 1.15
 
 
 def round_factor(factor: float) -> float:
     """``factor`` to the nearest point of the FACTOR_STEPS_PER_OCTAVE grid (1.0 is a grid point)."""
     return 2.0 ** (round(math.log2(factor) * FACTOR_STEPS_PER_OCTAVE) / FACTOR_STEPS_PER_OCTAVE)
+
+
+def to_diameter(diameter: float, target: float) -> float:
+    """The resize factor that brings cells of ``diameter`` px to ``target`` px, on the grid and
+    within [MIN_FACTOR, MAX_FACTOR] (1.0 when nothing was measured: ``diameter`` 0)."""
+    if diameter <= 0:
+        return 1.0
+    return min(max(round_factor(target / diameter), MIN_FACTOR), MAX_FACTOR)
+
+
+def trained_size_rule(diameter: float) -> "SizeRule | None":
+    """The size rule of a model trained at one cell ``diameter`` (px; 0 = trained at native
+    scale: None, one pass as the image is): a second pass at ``diameter`` when the first found
+    cells more than TRAINED_DIAMETER_TOLERANCE off it."""
+    if diameter <= 0:
+        return None
+    return SizeRule(enabled=True, min_diameter=diameter / TRAINED_DIAMETER_TOLERANCE,
+                    small_target=diameter, max_diameter=diameter * TRAINED_DIAMETER_TOLERANCE,
+                    large_target=diameter)
 
 
 def diameter_scale(diameter: float) -> float:
@@ -76,7 +100,7 @@ class SizeRule:
         if not self.enabled or diameter <= 0:
             return 1.0
         if diameter < self.min_diameter:
-            return min(round_factor(self.small_target / diameter), MAX_FACTOR)
+            return to_diameter(diameter, self.small_target)
         if diameter > self.max_diameter:
-            return max(round_factor(self.large_target / diameter), MIN_FACTOR)
+            return to_diameter(diameter, self.large_target)
         return 1.0

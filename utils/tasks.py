@@ -79,11 +79,16 @@ class SegmentationTask(Task):
         """Dense targets of a label map (None = the dataset's default: fg + height)."""
         return None
 
+    def target_diameter(self) -> float:
+        """The cell diameter (px) training images are resized to (0 = their own scale)."""
+        return 0.0
+
     def train_dataset(self):
         kwargs = {"target_fn": self.target_fn()} if self.target_fn() is not None else {}
         shares = {k: v.share for k, v in self.data.sources.items()}
         ds = CellDataset(self.train_samples, self.opt.img, self.hyp, augment=True, cache=self.cache,
-                         shares=shares, epoch_size=self.data.epoch_size, **kwargs)
+                         shares=shares, epoch_size=self.data.epoch_size,
+                         target_diameter=self.target_diameter(), **kwargs)
         return ds, collate_fn
 
     @abstractmethod
@@ -198,8 +203,17 @@ class OmniposeTask(SegmentationTask):
         if ckpt is not None:
             model = Omnipose.from_config(ckpt["model_config"])
             model.load_state_dict(ckpt["model"])
-            return model
-        return model_from_weights("omnipose", self.opt.weights, **self.model_cfg())[0]
+        else:
+            model = model_from_weights("omnipose", self.opt.weights, **self.model_cfg())[0]
+        self._diameter = model.diameter
+        if model.diameter:
+            LOGGER.info("training images resized so that their cells measure %.0f px",
+                        model.diameter)
+        return model
+
+    def target_diameter(self) -> float:
+        """The model config's ``diameter`` (models/omnipose_sized.yaml: 30 px)."""
+        return self._diameter
 
     def build_loss(self, model: nn.Module):
         return OmniposeLoss(from_dict(OmniposeLossGains, self.hyp.loss, f"{self.opt.hyp}: loss"))
