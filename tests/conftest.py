@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -59,6 +60,18 @@ DATASET_IMAGES = 6  # images of the data_root dataset (fl, bf, gs cycling), 72 x
 def data_root(tmp_path_factory):
     """A small read-only-by-convention synthetic dataset (utils.datasplits, label_cache, dataset)."""
     return write_dataset(tmp_path_factory.mktemp("data") / "ds", DATASET_IMAGES, size=(72, 96), seed=0)
+
+
+def disc_grid(shape, diameter: int, spacing: int) -> np.ndarray:
+    """``(H, W)`` int32 label of separate discs of ``diameter`` px, centred every ``spacing`` px
+    from ``spacing // 2`` (only whole discs)."""
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    label = np.zeros(shape, np.int32)
+    centres = [(y, x) for y in range(spacing // 2, shape[0] - diameter // 2, spacing)
+               for x in range(spacing // 2, shape[1] - diameter // 2, spacing)]
+    for i, (y, x) in enumerate(centres, 1):
+        label[(yy - y + 0.5) ** 2 + (xx - x + 0.5) ** 2 <= (diameter / 2) ** 2] = i
+    return label
 
 
 def cfg_for(root, yaml_dir=None, **kw) -> DataConfig:

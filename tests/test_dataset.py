@@ -6,7 +6,7 @@ import os
 import numpy as np
 import torch
 
-from tests.conftest import DATASET_IMAGES as N, cfg_for
+from tests.conftest import DATASET_IMAGES as N, cfg_for, disc_grid
 from utils.boxes import label_to_boxes
 from utils.config import Hyp
 from utils.dataset import CellDataset, build_dataloader, collate_fn, max_workers
@@ -114,17 +114,6 @@ def test_workers_capped_at_cores(monkeypatch):
     assert max_workers(8, world_size=8) == 0
 
 
-def _discs(shape, diameter, spacing):
-    """``(H, W)`` int32 label of discs of ``diameter`` px on a grid of ``spacing`` px."""
-    yy, xx = np.mgrid[:shape[0], :shape[1]]
-    label = np.zeros(shape, np.int32)
-    centres = [(y, x) for y in range(spacing // 2, shape[0] - diameter // 2, spacing)
-               for x in range(spacing // 2, shape[1] - diameter // 2, spacing)]
-    for i, (y, x) in enumerate(centres, 1):
-        label[(yy - y + 0.5) ** 2 + (xx - x + 0.5) ** 2 <= (diameter / 2) ** 2] = i
-    return label
-
-
 def test_target_diameter_resizes_each_sample_to_one_cell_size_labels_aligned(tmp_path):
     """Large cells are shrunk and small ones enlarged until they measure the target diameter;
     the label follows the image (pixel centres aligned as cv2.resize's: sampling at i * scale, as
@@ -137,7 +126,7 @@ def test_target_diameter_resizes_each_sample_to_one_cell_size_labels_aligned(tmp
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
     for name, diameter, spacing in (("big", 120, 150), ("small", 12, 20)):
-        label = _discs((480, 480) if name == "big" else (240, 240), diameter, spacing)
+        label = disc_grid((480, 480) if name == "big" else (240, 240), diameter, spacing)
         cv2.imwrite(str(root / "images" / f"{name}.png"), np.where(label > 0, 255, 0).astype(np.uint8))
         tifffile.imwrite(root / "labels" / f"{name}_label.tiff", label)
     samples = resolve_split(cfg_for(root, train=["."]), "train")

@@ -1,5 +1,4 @@
 """The Omnipose branch: network shapes, AWF weight transfer, loss, segmenter, train_omnipose.py."""
-import itertools
 import shutil
 
 import numpy as np
@@ -17,6 +16,7 @@ from utils.loss import OmniposeLoss
 from utils.metrics import match_instances
 from utils.routing import Overrides, Router, load_routing
 from utils.sizing import to_diameter
+from tests.conftest import disc_grid
 from utils.synthetic import make_label
 
 
@@ -142,10 +142,7 @@ class _Thresholding(torch.nn.Module):
 
 def _disc_image(size: int, diameter: int, spacing: int):
     """``(label (S, S), image (S, S, 3) uint8)``: separate discs of ``diameter`` px, white."""
-    yy, xx = np.mgrid[:size, :size]
-    label = np.zeros((size, size), np.int32)
-    for i, (y, x) in enumerate(itertools.product(range(spacing // 2, size, spacing), repeat=2), 1):
-        label[(yy - y) ** 2 + (xx - x) ** 2 <= (diameter / 2) ** 2] = i
+    label = disc_grid((size, size), diameter, spacing)
     return label, np.repeat(np.where(label > 0, 255, 0).astype(np.uint8)[..., None], 3, axis=2)
 
 
