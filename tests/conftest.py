@@ -74,6 +74,22 @@ def disc_grid(shape, diameter: int, spacing: int) -> np.ndarray:
     return label
 
 
+def centroid_offsets(label: np.ndarray, image: np.ndarray, margin: int = 3) -> np.ndarray:
+    """Per object of ``label``: the distance (px) between its centroid and the brightness
+    centroid of ``image`` ``(H, W)`` in the object's bounding box grown by ``margin`` px (objects
+    further apart than that). 0 when a resized label sits where its resized image does."""
+    from scipy import ndimage
+    out = []
+    for i, box in enumerate(ndimage.find_objects(label), 1):
+        if box is None:
+            continue
+        box = tuple(slice(max(s.start - margin, 0), s.stop + margin) for s in box)
+        c_label = ndimage.center_of_mass(label[box] == i)
+        c_image = ndimage.center_of_mass(image[box].astype(np.float64))
+        out.append(np.hypot(*np.subtract(c_label, c_image)))
+    return np.asarray(out)
+
+
 def cfg_for(root, yaml_dir=None, **kw) -> DataConfig:
     """A DataConfig over ``root`` (split files relative to ``yaml_dir``, default ``root``)."""
     return DataConfig(path=str(root), yaml_dir=str(yaml_dir or root), **kw)

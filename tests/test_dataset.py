@@ -4,9 +4,10 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 import torch
 
-from tests.conftest import DATASET_IMAGES as N, cfg_for, disc_grid
+from tests.conftest import DATASET_IMAGES as N, centroid_offsets, cfg_for, disc_grid
 from utils.boxes import label_to_boxes
 from utils.config import Hyp
 from utils.dataset import CellDataset, build_dataloader, collate_fn, max_workers
@@ -141,3 +142,21 @@ def test_target_diameter_resizes_each_sample_to_one_cell_size_labels_aligned(tmp
             assert abs((grid * fg).sum() / fg.sum() - (grid * img).sum() / img.sum()) < 0.2
     plain = CellDataset(samples, 256, cache=DatasetCache(samples, tmp_path / "cache2"))
     assert median_diameter(plain[0]["label"].numpy()) > 90  # 0: the native scale (crop cuts some)
+
+
+@pytest.mark.parametrize("factor", [0.4237, 1.93])
+def test_resize_label_sits_on_the_image_cv2_resizes(factor):
+    """A label resized to an image's new shape stays on its objects up to the far edge: the
+    ratio per axis from the shapes, as cv2 takes it (one ``1 / factor`` for both axes drifts
+    0.7 px across 1,000 px at 0.4237; cv2's INTER_NEAREST sits half a pixel off everywhere)."""
+    import cv2
+    from utils.inference import resize_image, resize_label
+
+    label = disc_grid((700, 1000), 40, 60)
+    image = resize_image(np.where(label > 0, 255, 0).astype(np.uint8)[..., None].repeat(3, 2), factor)
+    h, w = image.shape[:2]
+    offsets = centroid_offsets(resize_label(label, h, w), image[..., 0])
+    assert offsets.mean() < 0.1 and offsets.max() < 0.25  # sampling the discs: up to 0.18
+    nearest = cv2.resize(label.astype(np.uint16), (w, h), interpolation=cv2.INTER_NEAREST)
+    assert centroid_offsets(nearest, image[..., 0]).mean() > 0.5  # the measure sees an offset
+    assert resize_label(label, 700, 1000) is label

@@ -12,6 +12,7 @@ import tifffile
 import torch
 import yaml
 
+from tests.conftest import centroid_offsets
 from utils.checkpoint import load_checkpoint
 from utils.finetune import split_pairs
 from utils.io import InputError, read_label, write_label
@@ -204,6 +205,10 @@ def test_prepared_dataset_keeps_the_chosen_channels_and_resizes_small_cells(tmp_
     big = read_label(tmp_path / "big" / "train" / "labels" / "a_label.tiff")
     assert big.shape == (round(60 * factor), round(80 * factor))
     assert set(np.unique(big)) == {0, 1, 2, 3}
+    # the enlarged label sits on its enlarged cells: 0.1-0.33 px (7 px become 17 or 18), where
+    # cv2's INTER_NEAREST puts them 0.76-0.80 px off
+    big_raw = read_image(tmp_path / "big" / "train" / "images" / "a.tif")
+    assert centroid_offsets(big, big_raw[..., 0]).mean() < 0.3
 
 
 def test_weights_trained_on_resized_images_predict_at_that_scale(tmp_path):

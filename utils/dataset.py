@@ -107,9 +107,9 @@ class CellDataset(Dataset):
             return img, label, ignore
         img = resize_image(img, f)
         h, w = img.shape[:2]
-        label = resize_label(label, h, w, 1.0 / f)
+        label = resize_label(label, h, w)
         if ignore is not None:
-            ignore = resize_label(ignore, h, w, 1.0 / f)
+            ignore = resize_label(ignore, h, w)
         return img, label, ignore
 
     def _transform(self, i: int, rng: np.random.Generator) -> Tile:

@@ -38,7 +38,7 @@ import yaml
 
 from utils.checkpoint import strip_checkpoint
 from utils.config import REPO_ROOT
-from utils.inference import median_diameter
+from utils.inference import median_diameter, resize_label
 from utils.io import InputError, select_channels, write_image, write_label
 from utils.metrics import match_instances
 from utils.modality import classify_modality
@@ -166,14 +166,15 @@ def resize_factor(labels: list[np.ndarray]) -> float:
 
 
 def _resized(raw: np.ndarray, label: np.ndarray, factor: float):
+    """A raw image ``(H, W[, C])`` (area when shrunk, bilinear when enlarged) and its label
+    (nearest, pixel centres on the image's: utils.inference.resize_label) resized by ``factor``."""
     if factor == 1.0:
         return raw, label
     h, w = label.shape
     size = (max(1, round(w * factor)), max(1, round(h * factor)))
     interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
     img = cv2.resize(raw, size, interpolation=interp)
-    return img.reshape(img.shape[:2] + raw.shape[2:]), cv2.resize(
-        label, size, interpolation=cv2.INTER_NEAREST)
+    return img.reshape(img.shape[:2] + raw.shape[2:]), resize_label(label, size[1], size[0])
 
 
 def _write_raw(path: Path, raw: np.ndarray) -> Path:

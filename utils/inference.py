@@ -156,14 +156,16 @@ def resize_image(image: np.ndarray, scale: float) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
 
 
-def resize_label(label: np.ndarray, h: int, w: int, scale: float) -> np.ndarray:
-    """A label of an image resized by ``scale`` -> ``(h, w)`` by nearest neighbour (ids kept;
-    ``scale`` 1: the label itself). Pixel centres align as in cv2.resize: output pixel i samples
-    the label at ``floor((i + 0.5) * scale)``."""
-    if scale == 1.0:
+def resize_label(label: np.ndarray, h: int, w: int) -> np.ndarray:
+    """A label ``(H, W)`` resized to ``(h, w)`` by nearest neighbour (ids kept; the same shape:
+    the label itself). Pixel centres align as in cv2.resize's bilinear and area modes, the ratio
+    taken per axis from the two shapes as cv2 does: output pixel i samples the label at
+    ``floor((i + 0.5) * H / h)``. (cv2's INTER_NEAREST samples at ``floor(i * H / h)``, half a
+    source pixel off the image it resizes.)"""
+    if label.shape[:2] == (h, w):
         return label
-    yi = np.minimum(((np.arange(h) + 0.5) * scale).astype(np.int64), label.shape[0] - 1)
-    xi = np.minimum(((np.arange(w) + 0.5) * scale).astype(np.int64), label.shape[1] - 1)
+    yi = np.minimum(((np.arange(h) + 0.5) * (label.shape[0] / h)).astype(np.int64), label.shape[0] - 1)
+    xi = np.minimum(((np.arange(w) + 0.5) * (label.shape[1] / w)).astype(np.int64), label.shape[1] - 1)
     return label[np.ix_(yi, xi)]
 
 
@@ -237,7 +239,7 @@ class Segmenter(abc.ABC):
         fg = stats.fg
         if fg is not None and fg.shape != (h, w):
             fg = cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR)
-        label = resize_label(label, h, w, scale)
+        label = resize_label(label, h, w)
         return Segmentation(label=label, fg_conf=stats.fg_sum / max(stats.fg_count, 1),
                             det_conf=stats.det_score_sum / max(stats.n_det, 1),
                             n_det=stats.n_det, n_cells=int(label.max(initial=0)),

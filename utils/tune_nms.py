@@ -54,7 +54,7 @@ def sweep(segmenter: AWFSegmenter, items, confs, ious, settings: dict[str, Branc
         for (conf, iou), (grid, configured) in pairs.items():
             det = non_max_suppression(pred[None], conf, iou, s.max_det)[0].cpu().numpy()
             label = postprocess(det[:, :4], det[:, 4], fg, height, post)
-            r = match_instances(gt, resize_label(label, h, w, scale))
+            r = match_instances(gt, resize_label(label, h, w))
             rows.append({"name": name, "modality": modality, "conf_thres": conf, "iou_thres": iou,
                          "grid": grid, "configured": configured,
                          "f1": r.f1, "precision": r.precision, "recall": r.recall})
