@@ -1,6 +1,6 @@
 """Finetune the shipped weights on a few labelled images of your own: "my images look different".
 
-    python finetune.py -i MY/images -l MY/labels               # 1 to 10 images, ~10 min on a CPU
+    python finetune.py -i MY/images -l MY/labels               # 1 to 10 images, 10-15 min on a CPU
     python finetune.py -i MY/images --chan 2 --chan2 3         # membrane/cytoplasm + nuclei
     python predict.py -i MY/new_images -o out --ckpt runs/finetune/exp/finetuned.pt
 
@@ -39,7 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--chan2", type=int, default=d.chan2,
                    help="nuclear channel with --chan (0 = none)")
     p.add_argument("--minutes", type=float, default=d.minutes,
-                   help="time budget in minutes, scoring included")
+                   help="time budget in minutes, scoring included (default: 15 where a CPU "
+                        "trains in fp32, i.e. has no native bf16; else 10)")
     p.add_argument("--epochs", type=int, default=d.epochs,
                    help="a fixed number of epochs of 8 batches instead of --minutes (0: from "
                         "--minutes)")

@@ -1,6 +1,6 @@
 """Leave one source out: a kind of image the weights never saw, zero-shot and after finetune.py.
 
-    python -m benchmarks.unseen --source ctc_dic --weights NEVER_SAW_IT.pt --k 1 3 10 --minutes 10
+    python -m benchmarks.unseen --source ctc_dic --weights NEVER_SAW_IT.pt --k 1 3 10 --minutes 15
     python -m benchmarks.unseen --source monuseg --weights NEVER_SAW_IT.pt
 
 The developers' stand-in for "a kind never seen": ``--weights`` must be a checkpoint that never
@@ -110,7 +110,8 @@ def main(argv=None) -> None:
     p.add_argument("--weights", required=True, help="a checkpoint that never saw --source")
     p.add_argument("--k", type=int, nargs="*", default=[1, 3, 10],
                    help="images to finetune on, one run each (none: zero-shot only)")
-    p.add_argument("--minutes", type=float, default=10.0, help="finetune.py --minutes per run")
+    p.add_argument("--minutes", type=float, default=FinetuneOptions.minutes,
+                   help="finetune.py --minutes per run (default: finetune.py's for this machine)")
     p.add_argument("--pool", type=int, default=None, help="pool size (default: per source)")
     p.add_argument("--guard", type=int, default=None, help="images between pool and test")
     p.add_argument("--seed", type=int, default=0,

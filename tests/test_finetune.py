@@ -285,10 +285,13 @@ def test_tune_detection_scores_as_prediction_does_and_keeps_only_a_gain(tmp_path
     assert tie.best_f1 == pytest.approx(tie.default_f1, abs=1e-9)
 
 
-def test_refit_gets_the_rest_of_the_minutes(tmp_path, challenge_set, monkeypatch):
+@pytest.mark.parametrize("minutes", [3.0, 0.0])
+def test_refit_gets_the_rest_of_the_minutes(tmp_path, challenge_set, monkeypatch, minutes):
     """With --minutes, the scored training gets half the budget and the refit all that is left
-    (not the first one's epoch count, which left a 10-minute run done in 8.3)."""
+    (not the first one's epoch count, which left a 10-minute run done in 8.3); without, the
+    budget is default_minutes's for this CPU."""
     import utils.finetune as ft
+    budget = minutes or ft.default_minutes("cpu", "auto")
 
     calls, real = [], ft._train
 
@@ -297,11 +300,25 @@ def test_refit_gets_the_rest_of_the_minutes(tmp_path, challenge_set, monkeypatch
         return real(opt, data_yaml, start, run_dir, name, 1, 0.0)  # a fast stand-in
 
     monkeypatch.setattr(ft, "_train", one_epoch)
-    r = ft.run_finetune(ft.FinetuneOptions(images=str(challenge_set / "images"), minutes=3.0,
+    r = ft.run_finetune(ft.FinetuneOptions(images=str(challenge_set / "images"), minutes=minutes,
                                            img=64, batch=2, workers=0, device="cpu",
                                            project=str(tmp_path / "runs"), name="rest"))
     (first, e1, m1), (second, e2, m2) = calls
     assert (first, second, e1, e2) == ("train", "train_all", 0, 0)
-    assert 1.0 < m1 <= (3.0 - ft.SCORING_RESERVE_MIN) / 2
-    assert m1 < m2 <= 3.0 - ft.WRITE_RESERVE_MIN
+    assert 1.0 < m1 <= (budget - ft.SCORING_RESERVE_MIN) / 2
+    assert m1 < m2 <= budget - ft.WRITE_RESERVE_MIN
     assert r.refit and (r.epochs, r.refit_epochs) == (1, 1)
+
+
+def test_default_minutes_are_longer_where_a_cpu_trains_in_fp32():
+    """No --minutes: 15 on a CPU without native bf16 (or --amp fp32), 10 with bf16 or CUDA."""
+    from utils.finetune import default_minutes
+
+    def yes():
+        return True, "stub"
+
+    def no():
+        return False, "stub"
+    assert default_minutes("cpu", "auto", no) == 15.0 and default_minutes("cpu", "auto", yes) == 10.0
+    assert default_minutes("cpu", "fp32", yes) == 15.0 and default_minutes("cpu", "bf16", no) == 10.0
+    assert default_minutes("cuda", "auto", no) == 10.0
