@@ -62,8 +62,8 @@ VAL_FRACTION = 0.2
 # native bf16: about a third of bf16's epochs in the same time), else 10. Set in
 # docs/EXPERIMENTS.md (leave one source out, K = 3): fp32 on a 2-core AVX2 EPYC, 10 -> 15
 # minutes, MoNuSeg seed 0 0.708 -> 0.713, seed 1 0.586 -> 0.693, DIC-HeLa seed 0 0.697 -> 0.748,
-# seed 1 0.728 -> 0.728;
-# bf16 on a 2-core Xeon, 10 minutes, means of three seeds MoNuSeg 0.723, DIC-HeLa 0.766.
+# seed 1 0.728 -> 0.728 (15-minute means of three seeds: MoNuSeg 0.707, DIC-HeLa 0.733); bf16
+# on a 2-core Xeon, 10 minutes, means of three seeds MoNuSeg 0.723, DIC-HeLa 0.766.
 MINUTES = 10.0
 FP32_CPU_MINUTES = 15.0
 # Minutes kept out of the budget for the scoring before and after (a few images each).
