@@ -10,7 +10,8 @@
    utils/inference.py step by step: forward (padding, network, box decoding, sigmoid), NMS,
    post-processing (utils/watershed.py), and ``AWFSegmenter.segment`` end to end (total).
    Median milliseconds over ``--repeats`` runs after one warm-up, batch 1, for each ``--amp``
-   policy side by side (default: fp32 and utils.precision's auto choice for this machine).
+   policy side by side (default: fp32 in the default layout, ``--amp fp32`` (channels_last on a
+   CPU) and utils.precision's auto choice for this machine).
 2. ``--wsi``: ``AWFSegmenter.segment`` on a ``--wsi-size`` square RGB image (the synthetic
    1024 image tiled), i.e. the chunked path; wall time and peak RSS (``resource.getrusage``),
    measured in a child process per policy so that the RSS is that run's own.
@@ -39,7 +40,7 @@ from models.loading import load_model
 from utils.inference import AWFSegmenter, pad_to_stride
 from utils.io import load_image, normalize_image
 from utils.nms import non_max_suppression
-from utils.precision import MODES, resolve_precision
+from utils.precision import MODES, NCHW_FP32, benchmark_policy
 from utils.routing import Overrides, load_routing
 from utils.synthetic import make_sample
 from utils.watershed import postprocess
@@ -120,7 +121,7 @@ def segmenter(args, amp: str) -> AWFSegmenter:
     what one pass costs at its size)."""
     params = load_routing().inference_params("fl", Overrides(conf_thres=args.conf_thres,
                                                              scale=1.0))
-    return AWFSegmenter(build_model(args.ckpt), "cpu", params, precision=resolve_precision(amp, "cpu"))
+    return AWFSegmenter(build_model(args.ckpt), "cpu", params, precision=benchmark_policy(amp, "cpu"))
 
 
 def wsi_child(args) -> None:
@@ -163,8 +164,10 @@ def parse_args(argv=None):
     p.add_argument("--conf-thres", type=float, default=load_routing().detection["fl"].conf_thres,
                    help="detection threshold (default: data/routing.yaml's fl value)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
-    p.add_argument("--amp", nargs="+", default=["fp32", "auto"], choices=MODES,
-                   help="precision policies to compare (utils.precision)")
+    p.add_argument("--amp", nargs="+", default=[NCHW_FP32, "fp32", "auto"],
+                   choices=(*MODES, NCHW_FP32),
+                   help=f"precision policies to compare (utils.precision; {NCHW_FP32}: fp32 "
+                        "in the default memory layout, the baseline of channels_last)")
     p.add_argument("--wsi", action="store_true", help="also the whole-slide run (minutes)")
     p.add_argument("--wsi-size", type=int, default=10_000, help="whole-slide side (px)")
     p.add_argument("--wsi-child", action="store_true", help=argparse.SUPPRESS)
@@ -177,13 +180,13 @@ def main(argv=None) -> int:
         wsi_child(args)
         return 0
     torch.set_num_threads(args.threads)
-    policies = {amp: resolve_precision(amp, "cpu").describe() for amp in args.amp}
+    policies = {amp: benchmark_policy(amp, "cpu").describe() for amp in args.amp}
     print(f"model: {args.ckpt or 'random init'}; image: {args.image or 'synthetic fl'}; "
           f"CPU threads: {args.threads}; conf_thres {args.conf_thres}; median of {args.repeats}")
     print(f"note: {NOTE}")
     for amp, what in policies.items():
         print(f"--amp {amp}: {what}")
-    print(f"{'amp':>5} {'size':>6} {'forward':>9} {'NMS':>7} {'post':>8} {'total':>9} {'n_det':>6} "
+    print(f"{'amp':>9} {'size':>6} {'forward':>9} {'NMS':>7} {'post':>8} {'total':>9} {'n_det':>6} "
           f"{'cells':>6}  (ms)")
     results = {"model": args.ckpt or "random init", "image": args.image or "synthetic fl",
                "threads": args.threads, "conf_thres": args.conf_thres, "note": NOTE,
@@ -194,7 +197,7 @@ def main(argv=None) -> int:
         for amp, seg in segs.items():
             r = {"amp": amp, **bench_size(seg, image, args.repeats)}
             results["sizes"].append(r)
-            print(f"{amp:>5} {size:>6} {r['forward_ms']:>9} {r['nms_ms']:>7} {r['post_ms']:>8} "
+            print(f"{amp:>9} {size:>6} {r['forward_ms']:>9} {r['nms_ms']:>7} {r['post_ms']:>8} "
                   f"{r['total_ms']:>9} {r['n_det']:>6} {r['n_cells']:>6}", flush=True)
     for amp in args.amp if args.wsi else []:
         w = {"amp": amp, **run_wsi(args, amp)}

@@ -5,8 +5,10 @@
     python -m benchmarks.bench_train --ddp                 # + two Gloo ranks (fp32 and auto)
 
 The auto choice is utils.precision's (bf16 autocast + channels_last on a CPU with native bf16,
-fp32 on any other CPU, fp16 on CUDA); both policies run in one process on the same batches, in
-alternating rounds, so that a change of machine load hits both alike.
+fp32 + channels_last on any other CPU, fp16 on CUDA). The baseline, ``fp32-nchw``, is fp32 in
+PyTorch's default memory layout; ``fp32`` is the policy of ``--amp fp32`` (channels_last on a
+CPU). All policies run in one process on the same batches, in alternating rounds, so that a
+change of machine load hits them alike.
 
 Batches come from the real data of data/real.yaml (../shared/data) through the training
 dataset (augmentation included, images cached in RAM), so the figure is what train_main.py
@@ -30,7 +32,7 @@ from utils.datasplits import resolve_split
 from utils.engine import build_optimizer
 from utils.label_cache import DatasetCache
 from utils.loss import AWFLoss
-from utils.precision import Precision, resolve_precision
+from utils.precision import NCHW_FP32, Precision, benchmark_policy, resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,7 +80,7 @@ def time_policies(img: int, batch: int, steps: int, modes: list[str], ddp: bool)
     if ddp:
         torch.distributed.init_process_group("gloo")
     data, hyp = batches(img, batch, steps + 2, rank)
-    steppers = {m: Stepper(resolve_precision(m, "cpu"), hyp, ddp) for m in modes}
+    steppers = {m: Stepper(benchmark_policy(m), hyp, ddp) for m in modes}
     times: dict[str, list[float]] = {m: [] for m in modes}
     for b in data:
         for m, s in steppers.items():
@@ -103,7 +105,7 @@ def main():
     p.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     auto = resolve_precision("auto", "cpu")
-    modes = ["fp32"] if auto.mode == "fp32" else ["fp32", "auto"]
+    modes = [NCHW_FP32, "fp32"] if auto.mode == "fp32" else [NCHW_FP32, "fp32", "auto"]
     if args.ddp_worker:
         ips = time_policies(args.img[0], args.batch // 2, args.steps, modes, ddp=True)
         if int(os.environ.get("RANK", 0)) == 0:
@@ -115,9 +117,9 @@ def main():
           f"auto = {auto.describe()}")
     for img in args.img:
         single = time_policies(img, args.batch, args.steps, modes, ddp=False)
-        line = f"img {img}: 1 process fp32 {single['fp32']:.2f} img/s"
-        if "auto" in single:
-            line += f", auto {single['auto']:.2f} img/s (auto/fp32 {single['auto'] / single['fp32']:.2f}x)"
+        base = single[NCHW_FP32]
+        line = f"img {img}: 1 process " + ", ".join(
+            f"{m} {v:.2f} img/s ({v / base:.2f}x)" for m, v in single.items())
         if args.ddp:
             two = ddp_run(img, args)
             line += "; 2 Gloo ranks " + ", ".join(f"{m} {v:.2f} img/s" for m, v in two.items())

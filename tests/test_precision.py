@@ -16,7 +16,7 @@ def test_auto_follows_the_cpu_capability():
     assert (yes.mode, yes.dtype, yes.channels_last) == ("bf16", torch.bfloat16, True)
     assert "stub: native bf16" in yes.describe()
     no = resolve_precision("auto", "cpu", native_bf16=EMULATED)
-    assert (no.mode, no.dtype, no.channels_last) == ("fp32", None, False)
+    assert (no.mode, no.dtype, no.channels_last) == ("fp32", None, True)  # NHWC on every CPU
     assert "no bf16 instructions" in no.reason
 
 
@@ -29,6 +29,9 @@ def test_auto_is_fp16_on_cuda_and_forced_modes_win():
     forced = resolve_precision("bf16", "cpu", native_bf16=never)
     assert forced.dtype == torch.bfloat16 and forced.channels_last
     assert not resolve_precision("bf16", "cuda", native_bf16=never).channels_last
+    assert resolve_precision("fp32", "cpu", native_bf16=never).channels_last
+    assert not resolve_precision("fp32", "cuda", native_bf16=never).channels_last
+    assert not resolve_precision("auto", "cuda", native_bf16=never).channels_last
     with pytest.raises(ValueError, match="choose one of"):
         resolve_precision("int8", "cpu")
 
@@ -60,6 +63,30 @@ def test_policy_applies_autocast_and_memory_format():
     assert y.dtype == torch.bfloat16
     with Precision("fp32", "cpu").autocast():
         assert conv(x).dtype == torch.float32
+
+
+def test_fp32_channels_last_gives_the_outputs_of_the_default_layout():
+    """The CPU's fp32 policy (NHWC) changes speed only: an AWF's outputs, and a backward pass's
+    gradients, equal those of the default layout."""
+    from models.awf import AWF, AWFConfig
+    torch.manual_seed(0)
+    plain = AWF(AWFConfig()).eval()
+    nhwc_policy = resolve_precision("fp32", "cpu", native_bf16=EMULATED)
+    nhwc = AWF(AWFConfig()).eval()
+    nhwc.load_state_dict(plain.state_dict())
+    nhwc = nhwc_policy.model(nhwc)
+    x = torch.rand(1, 3, 96, 128)
+    a, b = plain(x), nhwc(nhwc_policy.input(x))
+    flat = [(k, t) for k, t in (a.items() if isinstance(a, dict) else enumerate(a)) if torch.is_tensor(t)]
+    assert flat
+    for k, t in flat:
+        other = b[k]
+        assert torch.allclose(t, other, atol=1e-5, rtol=1e-4), k
+    sum(t.float().sum() for _, t in flat).backward()
+    sum(b[k].float().sum() for k, _ in flat).backward()
+    for (n, p), q in zip(plain.named_parameters(), nhwc.parameters()):
+        if p.grad is not None:
+            assert torch.allclose(p.grad, q.grad, atol=1e-4, rtol=1e-3), n
 
 
 def _native_bf16():

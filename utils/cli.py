@@ -18,7 +18,7 @@ from utils.config import REPO_ROOT
 from utils.errors import USER_ERROR_STATUS
 from utils.modality import MODALITIES
 from utils.options import TrainOptions
-from utils.precision import MODES
+from utils.precision import AMP_HELP, MODES
 from utils.predictor import prediction_defaults
 from utils.routing import DEFAULT_ROUTING, load_routing
 from utils.setup_check import SetupError, check_torch_install, package_version
@@ -161,9 +161,7 @@ def add_prediction_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="with --chan, Cellpose's optional nuclear channel (1-4; 0 = none); an "
                         "image without a channel asked for fails alone")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    p.add_argument("--amp", choices=MODES,
-                   help="precision (utils.precision): auto = fp16 on CUDA, bf16 + channels_last on"
-                        " a CPU with native bf16, else fp32; off = fp32")
+    p.add_argument("--amp", choices=MODES, help=AMP_HELP)
     missing = set(defaults) - {a.dest for a in p._actions}
     if missing:
         raise TypeError(f"Predictor.from_config setting(s) without a flag: {sorted(missing)}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, field
 
-from utils.precision import MODES
+from utils.precision import AMP_HELP, MODES
 
 
 def option(default, help_text: str, *aliases: str, **argparse_settings):
@@ -48,9 +48,7 @@ class TrainOptions:
     resume: str = option("", "resume from a last.pt (no value: the latest run's last.pt)",
                          nargs="?", const="auto")
     seed: int = option(0, "random seed of initialisation, sampling and augmentation")
-    amp: str = option("auto", "precision (utils.precision): auto = fp16 on CUDA, bf16 + "
-                              "channels_last on a CPU with native bf16, else fp32; off = fp32",
-                      choices=MODES)
+    amp: str = option("auto", AMP_HELP, choices=MODES)
     time: float = option(0.0, "training time budget in minutes: after the first epoch, --epochs "
                               "becomes what fits in it (YOLOv8's --time); 0 = --epochs as given")
     val_period: int = option(1, "validate every N epochs")
