@@ -10,7 +10,7 @@
   than fp32: oneDNN emulates bf16 there. channels_last alone (2026-12-07, the same kind of EPYC,
   2 threads; benchmarks.bench_train and bench_predict, ``fp32-nchw`` against ``fp32``): an AWF
   training step at --img 256, batch 8, 5.65 -> 6.07 img/s; a 1024x1024 AWF forward pass 1064 ->
-  857 ms; an Omnipose one 1.04 -> 0.77 s (outputs equal to 1e-7).
+  857 ms; an Omnipose one 1.04 -> 0.77 s (timed ad hoc, outputs equal to 1e-7).
 
 Every CPU policy is channels_last (:data:`CPU_CHANNELS_LAST`); CUDA keeps the default layout.
 
@@ -43,8 +43,8 @@ _CPUINFO_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # The --amp help of every command line.
 AMP_HELP = ("precision (utils.precision): auto = fp16 on CUDA, bf16 on a CPU with native bf16, "
             "else fp32 (channels_last on every CPU); off = fp32")
-# The memory format of every CPU policy (fp32, bf16, fp16): oneDNN's convolutions run faster on
-# NHWC tensors in each (figures in the module docstring).
+# The memory format of every CPU policy: faster in fp32 and in bf16 (figures in the module
+# docstring); fp16 on a CPU, discouraged anyway, follows them unmeasured.
 CPU_CHANNELS_LAST = True
 
 
