@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from utils.engine import increment_path, resize_batch, warmup_iters
+from models.awf import AWF
+from utils.checkpoint import model_state
+from utils.config import ConfigError
+from utils.engine import freeze_modules, increment_path, resize_batch, warmup_iters
 from utils.precision import resolve_precision
 
 COMMON = ["--hyp", "data/hyps/hyp.labeled.yaml", "--img", "64", "--batch", "2", "--workers", "0",
@@ -102,6 +105,30 @@ def test_cfg_trains_three_detection_levels(tmp_path, synthetic_data, run_script)
                 "--project", tmp_path, "--name", "p345", "--cfg", "models/awf_p345.yaml"])
     cfg = _weights(tmp_path / "p345" / "weights" / "last.pt")["model_config"]
     assert cfg["strides"] == [8, 16, 32] and [len(a) for a in cfg["anchors"]] == [6, 6, 6]
+
+
+def test_frozen_modules_keep_their_weights_and_the_rest_trains(tmp_path, synthetic_data,
+                                                             trained_ckpt, run_script):
+    """hyp freeze: the named modules' parameters leave training as they came in."""
+    frozen = ["backbone.conv1", "backbone.bn1", "backbone.layer1"]
+    hyp = tmp_path / "freeze.yaml"
+    hyp.write_text((REPO / "data/hyps/hyp.labeled.yaml").read_text() + f"freeze: {frozen}\n")
+    run_script(["train_main.py", "--data", synthetic_data, *COMMON, "--hyp", hyp, "--epochs", "1",
+                "--weights", trained_ckpt, "--project", tmp_path, "--name", "fz"])
+    start = model_state(_weights(trained_ckpt))
+    end = _weights(tmp_path / "fz" / "weights" / "last.pt")["model"]
+    params = {n for n, _ in AWF.from_config(_weights(trained_ckpt)["model_config"]).named_parameters()}
+    moved = {n for n in params if not torch.equal(start[n].float(), end[n].float())}
+    assert not {n for n in moved if n.startswith(tuple(f + "." for f in frozen))}
+    assert any(n.startswith("backbone.layer2") for n in moved)
+
+
+def test_freeze_names_an_unknown_module_in_one_line():
+    model = AWF()
+    with pytest.raises(ConfigError, match="'backbone.layer9'"):
+        freeze_modules(model, ["backbone.layer1", "backbone.layer9"])
+    assert all(p.requires_grad for p in model.parameters())  # nothing frozen by a bad list
+    assert freeze_modules(model, ["backbone.layer1"]) == len(list(model.backbone.layer1.parameters()))
 
 
 def test_warmup_is_capped_for_short_runs():

@@ -167,6 +167,9 @@ class Hyp:
     noise: float = 0.0          # additive Gaussian noise
     # weakly-supervised stage: pseudo labels under this confidence are ignored by the loss
     pseudo_conf: float = 0.0
+    # parameters that do not train (YOLOv5's --freeze): names of model modules, each freezing
+    # every parameter under it (e.g. "backbone.layer1"); an unknown name is an error at set-up
+    freeze: list[str] = field(default_factory=list)
     loss: dict = field(default_factory=dict)
 
     def __post_init__(self):

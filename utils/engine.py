@@ -32,7 +32,7 @@ from tqdm import tqdm
 from models.awf import MAX_STRIDE  # multi-scale sizes are multiples of it
 from utils import dist as du
 from utils.checkpoint import load_checkpoint, save_checkpoint_atomic
-from utils.config import Hyp, from_dict, load_hyp, to_dict
+from utils.config import ConfigError, Hyp, from_dict, load_hyp, to_dict
 from utils.dataset import build_dataloader
 from utils.io import atomic_write, remove_stale_temporaries
 from utils.options import TrainOptions
@@ -175,6 +175,26 @@ def lr_lambda(hyp: Hyp, epochs: int, cos: bool):
     return lambda e: (1 - e / epochs) * (1.0 - hyp.lrf) + hyp.lrf
 
 
+def freeze_modules(model: nn.Module, names: list[str]) -> int:
+    """Stop the parameters of the named submodules (``hyp.freeze``, e.g. ``backbone.layer1``)
+    from training; returns how many parameter tensors were frozen. A name that is not a
+    submodule of ``model`` raises :class:`ConfigError` naming it.
+
+    Frozen layers still run in training mode (batch-norm statistics as the rest); when they sit
+    at the input, backward stops above them, which is where the time is saved."""
+    modules = dict(model.named_modules())
+    unknown = [n for n in names if n not in modules or not n]
+    if unknown:
+        raise ConfigError(f"hyp freeze: no module named {', '.join(map(repr, unknown))} in "
+                         f"{type(model).__name__}")
+    count = 0
+    for name in names:
+        for p in modules[name].parameters():
+            count += int(p.requires_grad)
+            p.requires_grad_(False)
+    return count
+
+
 def build_optimizer(model: nn.Module, hyp: Hyp) -> torch.optim.Optimizer:
     """Three groups as YOLOv5: decayed weights, undecayed norm weights, undecayed biases."""
     decay, no_decay, biases = [], [], []
@@ -290,6 +310,9 @@ class Trainer:
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             else:  # torch's SyncBatchNorm runs on CUDA only
                 LOGGER.warning("--sync-bn ignored on CPU: SyncBatchNorm needs CUDA")
+        if hyp.freeze:
+            n = freeze_modules(model, hyp.freeze)
+            LOGGER.info("frozen: %s (%d parameter tensors)", ", ".join(hyp.freeze), n)
         self.optimizer = build_optimizer(model, hyp)
         self.lf = lr_lambda(hyp, opt.epochs, opt.cos_lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
