@@ -6,6 +6,7 @@ import pytest
 import torch
 import yaml
 
+from tests.conftest import REPO
 from tests.test_train import COMMON
 from utils.cli import train_cli
 from utils.tasks import AWFTask
@@ -33,11 +34,14 @@ def test_training_mistakes_are_one_line_exit_2(tmp_path, synthetic_data, trained
     nowhere.write_text(yaml.safe_dump({"path": str(tmp_path / "no_such_set"), "train": ["."], "val": ["."]}))
     evil = tmp_path / "evil.pt"
     torch.save({"model": _Evil()}, evil)
+    frozen = tmp_path / "frozen.yaml"  # a module the model does not have
+    frozen.write_text((REPO / "data/hyps/hyp.labeled.yaml").read_text() + "freeze: [backbone.layer9]\n")
     cases = [(["--data", typo], "trian"),
              (["--data", nowhere], ("no_such_set: dataset folder missing",  # where to get data
                                     "NeurIPS 2022", "python -m utils.synthetic")),
              (["--data", tmp_path / "missing.yaml"], "missing.yaml"),
              (["--data", synthetic_data, "--weights", evil], "refused"),
+             (["--data", synthetic_data, "--hyp", frozen], "'backbone.layer9'"),
              (["--resume", trained_ckpt], "already finished"),
              (["--resume", evil], "evil.pt")]
     for extra, words in cases:

@@ -123,7 +123,7 @@ def test_frozen_modules_keep_their_weights_and_the_rest_trains(tmp_path, synthet
     assert any(n.startswith("backbone.layer2") for n in moved)
 
 
-def test_freeze_names_an_unknown_module_in_one_line():
+def test_freeze_refuses_an_unknown_module_and_freezes_nothing():
     model = AWF()
     with pytest.raises(ConfigError, match="'backbone.layer9'"):
         freeze_modules(model, ["backbone.layer1", "backbone.layer9"])
