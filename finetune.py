@@ -8,7 +8,8 @@ Labels: labels/NAME_label.tiff (challenge layout), or Cellpose's NAME_masks.tif 
 NAME_seg.npy (in the labels folder or beside the images). With 3 images or more, one in five (at
 least one) is held back and the F1 before and after is measured on it; then training goes on from
 those weights on every image for the rest of the minutes (--epochs N: N again; --no-refit: one
-training, held-back images never trained on); the detection thresholds are tuned on the held-back
+training, held-back images never trained on; --no-val: none held back, one training on every
+image); the detection thresholds are tuned on the held-back
 images when they hold enough cells (--no-tune: data/routing.yaml's). With fewer, the F1 is
 measured on the training images (optimistic). Writes runs/finetune/NAME/finetuned.pt (fp16,
 for predict.py --ckpt and Predictor.from_config) and finetune.yaml (the figures); the training
@@ -46,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "--minutes)")
     p.add_argument("--val", nargs="*", default=None,
                    help="image names (stems) to hold back for validation (none given: chosen)")
+    p.add_argument("--no-val", dest="hold_back", action="store_false",
+                   help="hold no image back: one training on every image for all the minutes; "
+                        "the F1 is then measured on the training images (optimistic)")
     p.add_argument("--no-refit", dest="refit", action="store_false",
                    help="keep the weights trained without the held-back images (one training, "
                         "all the minutes) instead of training on with every image")

@@ -30,6 +30,7 @@ from utils.config import load_data_config
 from utils.datasplits import resolve_split
 from utils.dist import select_device
 from utils.finetune import FinetuneOptions, run_finetune, score_checkpoint
+from utils.io import atomic_write
 
 LOGGER = logging.getLogger("unseen")
 
@@ -77,7 +78,17 @@ def link_folder(pairs: list, root: Path) -> Path:
 
 
 def append_row(path: Path, row: dict) -> None:
+    """Append ``row`` to the CSV; a CSV with other columns (an older version's) is rewritten
+    with both sets of columns, its rows kept."""
     frame = pd.DataFrame([row])
+    if path.exists():
+        columns = list(pd.read_csv(path, nrows=0).columns)
+        if set(columns) != set(frame.columns):
+            old = pd.read_csv(path)
+            with atomic_write(path) as tmp:
+                pd.concat([old, frame], ignore_index=True).to_csv(tmp, index=False)
+            return
+        frame = frame[columns]
     frame.to_csv(path, mode="a", header=not path.exists(), index=False)
 
 
@@ -116,6 +127,8 @@ def main(argv=None) -> None:
     p.add_argument("--guard", type=int, default=None, help="images between pool and test")
     p.add_argument("--seed", type=int, default=0,
                    help="finetune.py --seed (training draws and the held-back choice)")
+    p.add_argument("--no-val", dest="hold_back", action="store_false",
+                   help="finetune.py --no-val: all K images train, none held back")
     p.add_argument("--device", default="", help="cuda device or cpu")
     p.add_argument("--project", default="runs/unseen", help="folder of the runs and the CSV")
     p.add_argument("--tag", default="", help="a label for this base in the CSV (e.g. before)")
@@ -130,7 +143,7 @@ def main(argv=None) -> None:
     project.mkdir(parents=True, exist_ok=True)
     out = project / "unseen.csv"
     common = {"source": args.source, "weights": Path(args.weights).name, "tag": args.tag,
-              "seed": args.seed, "n_test": len(test)}
+              "seed": args.seed, "held_back": args.hold_back, "n_test": len(test)}
     t0 = time.time()
     zero = float(np.mean(score_checkpoint(Path(args.weights), test, None, device, "auto")))
     append_row(out, {**common, "k": 0, "f1": zero, "minutes": 0.0, "epochs": 0,
@@ -143,7 +156,7 @@ def main(argv=None) -> None:
         images = link_folder(chosen, project / "inputs" / name)
         r = run_finetune(FinetuneOptions(images=str(images), weights=args.weights,
                                          minutes=args.minutes, device=args.device, seed=args.seed,
-                                         name=name, project=str(project)))
+                                         hold_back=args.hold_back, name=name, project=str(project)))
         t1 = time.time()
         f1 = float(np.mean(score_checkpoint(r.weights, test, None, device, "auto")))
         append_row(out, {**common, "k": k, "f1": f1, "minutes": round(r.minutes, 2),

@@ -176,6 +176,10 @@ def test_split_pairs_holds_back_from_three():
     assert held == [pairs[4]] and len(train) == 9
     with pytest.raises(InputError, match="nope"):
         split_pairs(pairs, val=["nope"])
+    # --no-val: every image trains, none held back; naming some to hold back contradicts it
+    assert split_pairs(pairs, hold_back=False) == (pairs, [])
+    with pytest.raises(InputError, match="im4"):
+        split_pairs(pairs, val=["im4"], hold_back=False)
 
 
 def test_prepared_dataset_keeps_the_chosen_channels_and_resizes_small_cells(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.unseen import link_folder, pool_and_test, source_pairs, spread
+from benchmarks.unseen import append_row, link_folder, pool_and_test, source_pairs, spread
 from utils.synthetic import write_dataset
 
 
@@ -38,3 +38,16 @@ def test_source_pairs_cover_both_splits_and_link_a_challenge_folder(tmp_path):
     images = link_folder(pairs[:2], tmp_path / "linked")
     assert sorted(p.name for p in images.iterdir()) == names[:2]
     assert len(list((images.parent / "labels").iterdir())) == 2
+
+
+def test_rows_with_new_columns_keep_the_old_rows(tmp_path):
+    """A CSV of an older version (fewer columns) is rewritten with both sets, not misaligned."""
+    import pandas as pd
+    path = tmp_path / "unseen.csv"
+    append_row(path, {"source": "a", "k": 1, "f1": 0.5})
+    append_row(path, {"source": "a", "k": 3, "f1": 0.6})
+    append_row(path, {"source": "b", "held_back": False, "k": 3, "f1": 0.7})
+    append_row(path, {"source": "b", "held_back": True, "k": 3, "f1": 0.8})
+    frame = pd.read_csv(path)
+    assert list(frame.f1) == [0.5, 0.6, 0.7, 0.8] and list(frame.k) == [1, 3, 3, 3]
+    assert frame.held_back.isna().sum() == 2 and list(frame.held_back[2:]) == [False, True]

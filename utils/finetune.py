@@ -108,6 +108,7 @@ class FinetuneOptions:
     project: str = "runs/finetune"
     seed: int = 0
     val: list[str] | None = None   # image stems to hold back (None: chosen by split_pairs)
+    hold_back: bool = True          # False: every image trains, none held back (no unseen F1)
     refit: bool = True              # with held-back images: go on training on every image
     tune: bool = True               # with held-back images: tune the detection thresholds
 
@@ -149,9 +150,15 @@ def default_minutes(device, amp: str, native_bf16=cpu_native_bf16) -> float:
     return FP32_CPU_MINUTES if p.device_type == "cpu" and p.mode == "fp32" else MINUTES
 
 
-def split_pairs(pairs: list, val: list[str] | None = None, seed: int = 0):
+def split_pairs(pairs: list, val: list[str] | None = None, seed: int = 0,
+                hold_back: bool = True):
     """``(train, held back)`` pairs. Named stems (``val``) are held back; otherwise, with
-    MIN_VAL_PAIRS pairs or more, ``round(VAL_FRACTION * n)`` (at least 1) chosen by ``seed``."""
+    MIN_VAL_PAIRS pairs or more, ``round(VAL_FRACTION * n)`` (at least 1) chosen by ``seed``;
+    none when ``hold_back`` is False (naming stems then is an error)."""
+    if not hold_back:
+        if val:
+            raise InputError(", ".join(val), "--val names images to hold back, --no-val holds none")
+        return list(pairs), []
     if val:
         held = [p for p in pairs if p[0].stem in set(val)]
         missing = set(val) - {p[0].stem for p in held}
@@ -335,7 +342,7 @@ def run_finetune(opt: FinetuneOptions) -> FinetuneResult:
     t0 = time.time()
     channels = None if opt.chan is None else (opt.chan, opt.chan2)
     pairs = find_pairs(opt.images, opt.labels)
-    train, held = split_pairs(pairs, opt.val, opt.seed)
+    train, held = split_pairs(pairs, opt.val, opt.seed, opt.hold_back)
     loaded = [load_pair(i, lab, channels) for i, lab in train]
     factor = resize_factor([lab for _, lab in loaded])
     run_dir = increment_path(Path(opt.project) / opt.name, exist_ok=False)
