@@ -206,3 +206,13 @@ def test_time_budget_counts_validation_and_checkpoint_writes():
     assert epochs_in_budget(300.0, 20.0, 6.0, 4.0, 4, 1.0, epoch=1) == 2 + (279 // 8)
     assert epochs_in_budget(300.0, 20.0, 6.0, 4.0, 4, 1.0, epoch=3) == 4 + (275 // 8)
     assert epochs_in_budget(300.0, 400.0, 6.0, 0.0, 1, 0.0, epoch=0) == 1  # past the budget
+
+
+def test_time_budget_is_fitted_again_until_half_way():
+    """--time refits after the first two epochs, then every 5 while at most half are done (the
+    first epochs of a CPU finetuning ran slower than the rest: planned on them, a run ended early);
+    a plan that grows moves the half-way point with it."""
+    from utils.engine import fits_time_after
+    assert [e for e in range(60) if fits_time_after(e, 0, 60)] == [0, 1, 4, 9, 14, 19, 24, 29]
+    assert [e for e in range(60) if fits_time_after(e, 0, 19)] == [0, 1, 4]
+    assert fits_time_after(34, 0, 70) and not fits_time_after(34, 0, 69)

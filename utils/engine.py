@@ -53,6 +53,11 @@ PLOT_INTERVAL = 60.0
 # --time fits the number of epochs to the budget after each of this many first epochs (the first
 # alone ran 4x slower than the next ones in a 2-core CPU finetuning: label cache, bf16 kernels).
 TIME_FIT_EPOCHS = 2
+# ... and again every TIME_REFIT_PERIOD epochs while under half the planned epochs are done, at
+# the median training time of the last TIME_REFIT_PERIOD epochs: a 2-core fp32 finetuning (AVX2
+# EPYC, 2026-12-07) trained its first 5 epochs in 13-16 s and the rest in 11-12 s, so the plan
+# made after epoch 2 (59 epochs) ended 2.5 of its 14.4 minutes early.
+TIME_REFIT_PERIOD = 5
 
 
 def warmup_iters(warmup_epochs: float, nb: int, epochs: int, min_iters: int) -> int:
@@ -166,6 +171,14 @@ def epochs_in_budget(budget_s: float, elapsed_s: float, train_s: float, val_s: f
     per_epoch = train_s + val_s / val_period + save_s
     rest = int(max(budget_s - elapsed_s - pending, 0.0) / max(per_epoch, 1e-6))
     return epoch + 1 + rest
+
+
+def fits_time_after(epoch: int, start_epoch: int, epochs: int) -> bool:
+    """``--time``: whether the number of epochs is fitted to the budget after ``epoch`` (0-based)
+    of a run that started at ``start_epoch`` and plans ``epochs``: after each of the first
+    TIME_FIT_EPOCHS, then every TIME_REFIT_PERIOD while no more than half are done."""
+    done = epoch - start_epoch + 1
+    return done <= TIME_FIT_EPOCHS or (done % TIME_REFIT_PERIOD == 0 and 2 * done <= epochs)
 
 
 def lr_lambda(hyp: Hyp, epochs: int, cos: bool):
@@ -457,17 +470,22 @@ class Trainer:
                     "results in %s", self.task.kind, opt.epochs, self.start_epoch + 1, self.device,
                     info.world_size, self.batch_per_rank, self.save_dir)
         t_start, epoch, val_s, save_s = time.time(), self.start_epoch, 0.0, 0.0
+        train_times = []  # seconds of each epoch's training (--time's pace)
         while epoch < opt.epochs:
             t0 = time.time()
             row = {"epoch": epoch, **self._train_epoch(epoch, nw)}
             row["lr"] = self.optimizer.param_groups[1]["lr"]
             self.scheduler.step()
+            train_times.append(time.time() - t0)
             validates = (epoch + 1) % max(opt.val_period, 1) == 0
-            if opt.time > 0 and epoch - self.start_epoch < TIME_FIT_EPOCHS and not opt.resume:
+            if (opt.time > 0 and not opt.resume
+                    and fits_time_after(epoch, self.start_epoch, opt.epochs)):
                 # before the checkpoint, which must carry the epochs the run will have (resume)
-                epochs = epochs_in_budget(opt.time * 60.0, time.time() - t_start,
-                                          time.time() - t0, val_s, opt.val_period, save_s, epoch)
-                nw = self._fit_epochs_to_time(epochs, epoch, nb, time.time() - t0)
+                pace = (train_times[-1] if len(train_times) <= TIME_FIT_EPOCHS
+                        else float(np.median(train_times[-TIME_REFIT_PERIOD:])))
+                epochs = epochs_in_budget(opt.time * 60.0, time.time() - t_start, pace, val_s,
+                                          opt.val_period, save_s, epoch)
+                nw = self._fit_epochs_to_time(epochs, epoch, nb, pace)
             stop = False
             if info.is_main:
                 out_of_time = self._out_of_time(t_start, time.time() - t0, epoch)
@@ -513,17 +531,17 @@ class Trainer:
     def _fit_epochs_to_time(self, epochs: int, epoch: int, nb: int, train_s: float) -> int:
         """``--time``: set ``opt.epochs`` to ``epochs`` (rank 0's :func:`epochs_in_budget`,
         shared), rebuild the learning-rate schedule over them (the scheduler keeps its step count)
-        and return the warm-up length in iterations. Called after each of the first
-        TIME_FIT_EPOCHS epochs: the first one also pays one-time costs (caches, workers, kernels)
-        and would underestimate the pace."""
+        and return the warm-up length in iterations. Called where :func:`fits_time_after` says:
+        the first epoch also pays one-time costs (caches, workers, kernels), and the pace of the
+        first few can differ from the rest's. ``train_s``: the pace, seconds of training an epoch."""
         opt = self.opt
         opt.epochs = int(du.broadcast_object(epochs, self.info))
         self.lf = lr_lambda(self.hyp, opt.epochs, opt.cos_lr)
         self.scheduler.lr_lambdas = [self.lf] * len(self.optimizer.param_groups)
         for group in self.optimizer.param_groups:  # the next epoch's lr on the new schedule
             group["lr"] = group["initial_lr"] * self.lf(epoch + 1)
-        LOGGER.info("--time %.1f min: epoch %d trained in %.1f s, training %d epochs", opt.time,
-                    epoch + 1, train_s, opt.epochs)
+        LOGGER.info("--time %.1f min: after epoch %d, %.1f s of training an epoch, training %d "
+                    "epochs", opt.time, epoch + 1, train_s, opt.epochs)
         return warmup_iters(self.hyp.warmup_epochs, nb, opt.epochs, self.hyp.warmup_min_iters)
 
     def _log_row(self, row: dict) -> None:

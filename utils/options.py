@@ -49,8 +49,9 @@ class TrainOptions:
                          nargs="?", const="auto")
     seed: int = option(0, "random seed of initialisation, sampling and augmentation")
     amp: str = option("auto", AMP_HELP, choices=MODES)
-    time: float = option(0.0, "training time budget in minutes: after the first epoch, --epochs "
-                              "becomes what fits in it (YOLOv8's --time); 0 = --epochs as given")
+    time: float = option(0.0, "training time budget in minutes: after the first epochs (and "
+                              "every 5 until half-way), --epochs becomes what fits in it "
+                              "(YOLOv8's --time); 0 = --epochs as given")
     val_period: int = option(1, "validate every N epochs")
     cache_images: bool = option(False, "keep decoded images in RAM")
     save_dir: str = ""  # the run's folder, set by the engine (not a flag)
