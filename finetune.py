@@ -9,9 +9,9 @@ NAME_seg.npy (in the labels folder or beside the images). With 3 images or more,
 least one) is held back and the F1 before and after is measured on it; then training goes on from
 those weights on every image for the rest of the minutes (--epochs N: N again; --no-refit: one
 training, held-back images never trained on; --no-val: none held back, one training on every
-image); the detection thresholds are tuned on the held-back
-images when they hold enough cells (--no-tune: data/routing.yaml's). With fewer, the F1 is
-measured on the training images (optimistic). Writes runs/finetune/NAME/finetuned.pt (fp16,
+image); the detection thresholds are tuned on the held-back images when they hold enough cells
+(--no-tune: data/routing.yaml's). With fewer, the F1 is measured on the training images
+(optimistic). Writes runs/finetune/NAME/finetuned.pt (fp16,
 for predict.py --ckpt and Predictor.from_config) and finetune.yaml (the figures); the training
 runs are in runs/finetune/NAME/train*/.
 """
