@@ -29,8 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("-i", "--images", required=True, help="folder of your labelled images")
     p.add_argument("-l", "--labels", default=None,
-                   help="folder of their labels (default: the images' ../labels if it exists, "
-                        "else the images folder)")
+                   help="folder of their labels (default: each label looked for in the images' "
+                        "../labels if it exists, then beside the images)")
     p.add_argument("--weights", default=d.weights,
                    help="checkpoint to start from; auto: the shipped branch of the images' "
                         "modality")

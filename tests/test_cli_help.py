@@ -1,6 +1,7 @@
 """Every flag of the training scripts, predict.py and utils.autoanchor has help text, and
 defaults are shown (`--help` is what a new user reads first)."""
 import argparse
+import os
 import subprocess
 import sys
 
@@ -69,3 +70,14 @@ def test_training_flags_are_the_train_options():
         training_parser("t", data="d.yaml", hyp="h.yaml", bogus=1)
     with pytest.raises(SystemExit):  # an option without a default is a required flag
         training_parser("t", hyp="h.yaml").parse_args([])
+
+
+@pytest.mark.parametrize("script", ["finetune.py", "predict.py", "evaluate.py"])
+def test_help_shows_no_misleading_default(script):
+    """A switch's stored value is not its default ("--no-val (default: True)" reads as "no
+    validation by default"), and a help that states its default gets no second one."""
+    out = subprocess.run([sys.executable, script, "--help"], cwd=REPO, check=True,
+                         capture_output=True, text=True, env={**os.environ, "COLUMNS": "400"}).stdout
+    assert "(default: True)" not in out and "(default: False)" not in out
+    assert not [line for line in out.splitlines() if line.count("(default:") > 1]
+    assert "--quiet" in out

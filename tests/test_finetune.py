@@ -91,6 +91,21 @@ def test_cellpose_layout_is_read(tmp_path, challenge_set):
         assert np.array_equal(read_user_label(label, truth.shape), truth)
 
 
+def test_masks_beside_the_images_are_found_next_to_a_labels_folder(tmp_path, challenge_set):
+    """Cellpose masks saved beside the images in X/images are found although X/labels exists
+    (and holds only some of the labels); -l names the one folder to look in."""
+    (tmp_path / "x" / "labels").mkdir(parents=True)
+    folder = cellpose_copy(challenge_set, tmp_path / "x" / "images")
+    first = sorted(p for p in folder.iterdir() if p.suffix != ".npy" and "_masks" not in p.name)[0]
+    challenge_label = tmp_path / "x" / "labels" / f"{first.stem}_label.tiff"
+    shutil.copy(challenge_set / "labels" / challenge_label.name, challenge_label)
+    pairs = find_pairs(folder)
+    assert len(pairs) == 4 and pairs[0][1] == challenge_label  # ../labels first
+    assert all(p[1].parent == folder for p in pairs[1:])
+    with pytest.raises(InputError, match="no label in"):
+        find_pairs(folder, tmp_path / "x" / "labels")
+
+
 def test_finetune_on_cellpose_layout_runs(tmp_path, challenge_set, run_script):
     folder = cellpose_copy(challenge_set, tmp_path / "cp")
     proc = run_script(["finetune.py", "-i", folder, *FAST, "--project", tmp_path / "runs",

@@ -50,11 +50,13 @@ def setup(quiet: bool = False) -> None:
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """``--help`` with "(default: X)" only where X means something: not on required flags,
-    switches, or flags whose default is None or "" (their help says what happens without them)."""
+    switches (a ``store_false`` switch's True read as "on by default"), flags whose default is
+    None or "" (their help says what happens without them), or help that states its default."""
 
     def _get_help_string(self, action):
         default = action.default
-        if action.required or default is None or default is False or default == "":
+        if (action.required or action.nargs == 0 or default is None or default is False
+                or default == "" or "(default:" in (action.help or "")):
             return action.help
         return super()._get_help_string(action)
 

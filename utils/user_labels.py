@@ -98,27 +98,30 @@ def label_file_for(image: Path, labels_dir: Path) -> Path | None:
 def find_pairs(images, labels=None) -> list[tuple[Path, Path]]:
     """``(image, label file)`` pairs of a folder of images and its labels folder.
 
-    ``labels`` None: ``images/../labels`` when it exists (the challenge layout), else the images
-    folder (Cellpose's). An image without a label file is an :class:`InputError` naming it and
-    the names looked for; so is a folder without images.
+    ``labels`` None: each image's label is looked for in ``images/../labels`` when it exists
+    (the challenge layout), then in the images folder (Cellpose's), so that masks saved next to
+    the images are found beside an unrelated ``labels`` folder. An image without a label file is
+    an :class:`InputError` naming it and the names looked for; so is a folder without images.
     """
     images = Path(images)
     if not images.is_dir():
         raise InputError(images, "not a folder of images")
     if labels is None:
         sibling = images.parent / "labels"
-        labels = sibling if sibling.is_dir() else images
-    labels = Path(labels)
-    if not labels.is_dir():
-        raise InputError(labels, "labels folder not found")
+        folders = [sibling, images] if sibling.is_dir() else [images]
+    else:
+        folders = [Path(labels)]
+        if not folders[0].is_dir():
+            raise InputError(labels, "labels folder not found")
     files = [p for p in list_images(images) if is_image_file(p)]
     if not files:
         raise InputError(images, "no images (bmp, png, jpg, tif) in this folder")
     pairs = []
     for image in files:
-        label = label_file_for(image, labels)
+        label = next(filter(None, (label_file_for(image, f) for f in folders)), None)
         if label is None:
-            raise InputError(image, f"no label in {labels}: expected {image.stem}_label.tiff, "
+            where = " or ".join(str(f) for f in folders)
+            raise InputError(image, f"no label in {where}: expected {image.stem}_label.tiff, "
                                     f"{image.stem}_masks.tif/png or {image.stem}_seg.npy")
         pairs.append((image, label))
     return pairs
