@@ -9,11 +9,12 @@ NAME_seg.npy (in the labels folder or beside the images). With 3 images or more,
 least one) is held back and the F1 before and after is measured on it; then training goes on from
 those weights on every image for the rest of the minutes (--epochs N: N again; --no-refit: one
 training, held-back images never trained on; --no-val: none held back, one training on every
-image); the detection thresholds are tuned on the held-back images when they hold enough cells
-(--no-tune: data/routing.yaml's). With fewer, the F1 is measured on the training images
-(optimistic). Writes runs/finetune/NAME/finetuned.pt (fp16,
-for predict.py --ckpt and Predictor.from_config) and finetune.yaml (the figures); the training
-runs are in runs/finetune/NAME/train*/.
+image). With fewer, the F1 is measured on the training images (optimistic). The detection
+thresholds are swept for the final weights on every image they trained on when those hold 50
+cells or more, else (and with --no-refit) for the scored weights on the held-back images; the
+best pair is stored when it gains enough (--no-tune: data/routing.yaml's).
+Writes runs/finetune/NAME/finetuned.pt (fp16, for predict.py --ckpt and Predictor.from_config) and
+finetune.yaml (the figures); the training runs are in runs/finetune/NAME/train*/.
 """
 import argparse
 import sys
@@ -54,8 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="keep the weights trained without the held-back images (one training, "
                         "all the minutes) instead of training on with every image")
     p.add_argument("--no-tune", dest="tune", action="store_false",
-                   help="keep data/routing.yaml's detection thresholds instead of those tuned on "
-                        "the held-back images")
+                   help="keep data/routing.yaml's detection thresholds instead of tuning them "
+                        "(on the training images, or the held-back ones)")
     p.add_argument("--img", type=int, default=d.img, help="training crop size (pixels)")
     p.add_argument("--batch", type=int, default=d.batch, help="batch size")
     p.add_argument("--workers", type=int, default=d.workers,
@@ -84,9 +85,11 @@ def main(argv=None) -> int:
     if t is not None:
         verdict = (f"stored conf {t.settings['conf_thres']:g} iou {t.settings['iou_thres']:g}"
                    if t.settings else "kept data/routing.yaml's")
-        print(f"detection thresholds on the held-back image(s), {t.cells} cells: F1 "
-              f"{t.default_f1:.3f} with the routing's, {t.best_f1:.3f} at the best of the grid "
-              f"(chosen on them); {verdict}")
+        where = ("of the final weights on the training" if t.trained
+                 else "of the scored weights on the held-back")
+        print(f"detection thresholds {where} image(s), {t.cells} cells: F1 {t.default_f1:.3f} "
+              f"with the routing's, {t.best_f1:.3f} at the best of the grid (chosen on them); "
+              f"{verdict}")
     chans = "" if opt.chan is None else f" --chan {opt.chan} --chan2 {opt.chan2}"
     epochs = f"{r.epochs} + {r.refit_epochs}" if r.refit else f"{r.epochs}"
     print(f"{epochs} epochs in {r.minutes:.1f} min; weights: {r.weights}\n"

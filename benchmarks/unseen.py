@@ -92,22 +92,24 @@ def append_row(path: Path, row: dict) -> None:
     frame.to_csv(path, mode="a", header=not path.exists(), index=False)
 
 
-# Columns of finetune.py's threshold tuning (NaN for zero-shot rows and runs without held-back
-# images), the same in every row of the CSV.
-TUNING_COLUMNS = ("tune_cells", "tune_val_routing", "tune_val_best", "tune_pair", "tune_stored",
-                  "f1_routing", "f1_best_pair")
+# Columns of finetune.py's threshold tuning (NaN for zero-shot rows and runs without a tuning),
+# the same in every row of the CSV: tune_trained, swept on the training images (else the
+# held-back ones); tune_val_*: F1 on those images.
+TUNING_COLUMNS = ("tune_trained", "tune_cells", "tune_val_routing", "tune_val_best", "tune_pair",
+                  "tune_stored", "f1_routing", "f1_best_pair")
 
 
 def tuning_columns(tuning, weights: Path, test: list, f1: float, device) -> dict:
-    """finetune.py's threshold tuning (held-back images) and what it does on the test images:
-    F1 with data/routing.yaml's pair and with the held-back images' best pair (one of the two
+    """finetune.py's threshold tuning and what it does on the test images: F1 with
+    data/routing.yaml's pair and with the tuning's best pair (one of the two
     is ``f1``, the pair the checkpoint carries; the other is scored here)."""
     if tuning is None:
         return dict.fromkeys(TUNING_COLUMNS, np.nan)
     stored = bool(tuning.settings)
     other = tuning.routing if stored else tuning.best
     f1_other = float(np.mean(score_checkpoint(weights, test, None, device, "auto", **other)))
-    return {"tune_cells": tuning.cells, "tune_val_routing": round(tuning.default_f1, 4),
+    return {"tune_trained": tuning.trained, "tune_cells": tuning.cells,
+            "tune_val_routing": round(tuning.default_f1, 4),
             "tune_val_best": round(tuning.best_f1, 4),
             "tune_pair": f"{tuning.best['conf_thres']}/{tuning.best['iou_thres']}",
             "tune_stored": stored, "f1_routing": f1_other if stored else f1,

@@ -70,8 +70,12 @@ def test_finetune_end_to_end_then_predict(tmp_path, challenge_set, run_script):
     report = yaml.safe_load((tmp_path / "runs" / "ft" / "finetune.yaml").read_text())
     assert validated["opt"]["weights"] == report["start"]
     assert Path(ckpt["opt"]["weights"]).resolve() == (tmp_path / "runs" / "ft" / "validated.pt").resolve()
-    # thresholds tuned on the held-back image: reported, and stored in finetuned.pt only
-    assert "detection thresholds on the held-back image(s)" in proc.stdout
+    # thresholds of the final weights tuned on all the images they trained on: reported, and
+    # stored in finetuned.pt only
+    assert "detection thresholds of the final weights on the training image(s)" in proc.stdout
+    truth = [read_label(p) for p in sorted((challenge_set / "labels").iterdir())]
+    assert report["tuning"]["trained"] and report["tuning"]["cells"] == sum(
+        len(np.unique(t[t > 0])) for t in truth)
     assert ckpt["detection"] == report["tuning"]["settings"] and validated["detection"] == {}
     out = tmp_path / "pred"
     run_script(["predict.py", "-i", challenge_set / "images", "-o", out, "--ckpt", weights,
@@ -304,6 +308,41 @@ def test_tune_detection_scores_as_prediction_does_and_keeps_only_a_gain(tmp_path
     assert tie.best_f1 == pytest.approx(tie.default_f1, abs=1e-9)
 
 
+@pytest.mark.parametrize("n_images, refit, min_cells, swept", [
+    (4, True, 0, ("finetuned.pt", 4, True)),     # after the refit, on every image
+    (4, True, 10**6, ("validated.pt", 1, False)),  # too few cells: before it, on the held-back one
+    (4, False, 0, ("finetuned.pt", 1, False)),   # --no-refit: the held-back image (never trained)
+    (2, True, 0, ("finetuned.pt", 2, True)),     # nothing held back: the training images
+    (2, True, 10**6, None)])                     # ... unless too few cells: no tuning
+def test_the_final_weights_are_tuned_on_enough_cells(tmp_path, challenge_set, monkeypatch,
+                                                     n_images, refit, min_cells, swept):
+    import utils.finetune as ft
+    images = tmp_path / "in"
+    images.mkdir()
+    for image in sorted((challenge_set / "images").iterdir())[:n_images]:
+        shutil.copy(image, images / image.name)
+        shutil.copy(challenge_set / "labels" / f"{image.stem}_label.tiff", images)
+    calls, real = [], ft.tune_detection
+
+    def record(ckpt, pairs, *args, **kwargs):
+        calls.append((Path(ckpt).name, len(pairs), kwargs.get("trained", False)))
+        return real(ckpt, pairs, *args, **kwargs)
+
+    monkeypatch.setattr(ft, "tune_detection", record)
+    monkeypatch.setattr(ft, "MIN_TRAINED_TUNE_CELLS", min_cells)
+    monkeypatch.setattr(ft, "MIN_TUNE_CELLS", 0)
+    monkeypatch.setattr(ft, "TUNE_MIN_GAIN", -1.0)   # any pair is stored
+    r = ft.run_finetune(ft.FinetuneOptions(images=str(images), epochs=1, img=64, batch=2,
+                                           workers=0, device="cpu", refit=refit,
+                                           project=str(tmp_path / "runs")))
+    assert calls == ([swept] if swept else [])
+    assert r.weights.name == "finetuned.pt"
+    stored = load_checkpoint(r.weights)["detection"]
+    assert stored == (r.tuning.best if swept else {})  # finetuned.pt carries the pair
+    if swept:
+        assert r.tuning.trained == swept[2]
+
+
 @pytest.mark.parametrize("minutes", [3.0, 0.0])
 def test_refit_gets_the_rest_of_the_minutes(tmp_path, challenge_set, monkeypatch, minutes):
     """With --minutes, the scored training gets half the budget and the refit all that is left
@@ -319,6 +358,7 @@ def test_refit_gets_the_rest_of_the_minutes(tmp_path, challenge_set, monkeypatch
         return real(opt, data_yaml, start, run_dir, name, 1, 0.0)  # a fast stand-in
 
     monkeypatch.setattr(ft, "_train", one_epoch)
+    monkeypatch.setattr(ft, "TUNE_COST_RATIO", 0.0)  # no time kept for the threshold sweep
     r = ft.run_finetune(ft.FinetuneOptions(images=str(challenge_set / "images"), minutes=minutes,
                                            img=64, batch=2, workers=0, device="cpu",
                                            project=str(tmp_path / "runs"), name="rest"))
@@ -327,6 +367,13 @@ def test_refit_gets_the_rest_of_the_minutes(tmp_path, challenge_set, monkeypatch
     assert 1.0 < m1 <= (budget - ft.SCORING_RESERVE_MIN) / 2
     assert m1 < m2 <= budget - ft.WRITE_RESERVE_MIN
     assert r.refit and (r.epochs, r.refit_epochs) == (1, 1)
+    # the threshold sweep's minutes come out of both trainings' budgets (at least half a minute)
+    calls.clear()
+    monkeypatch.setattr(ft, "TUNE_COST_RATIO", 1e6)
+    ft.run_finetune(ft.FinetuneOptions(images=str(challenge_set / "images"), minutes=minutes,
+                                       img=64, batch=2, workers=0, device="cpu",
+                                       project=str(tmp_path / "runs"), name="rest"))
+    assert [m for _, _, m in calls] == [0.25, 0.5]
 
 
 def test_default_minutes_are_longer_where_a_cpu_trains_in_fp32():

@@ -11,19 +11,20 @@ on a CPU. Steps, each a function:
 4. :func:`start_weights`: the shipped branch of the images' modality (or the ``--weights`` given);
 5. the training engine (``utils.engine.run_training``, the AWF task, data/hyps/hyp.finetune.yaml),
    for ``minutes`` of training (``--time``: the epochs that fit, measured on the first ones; half
-   the minutes when step 8 follows); its last epoch is kept;
+   the minutes when step 7 follows); its last epoch is kept;
 6. :func:`score_checkpoint` before and after: the challenge metric on the held-back images
    (else the training images), through predict.py's own pipeline (utils.routing.Router), on the
    original images;
-7. with held-back images (and ``tune``), :func:`tune_detection`: the detection thresholds swept
-   on them with step 6's weights, the best pair kept when the images hold enough cells for it;
-8. with held-back images (and ``refit``), training goes on from step 6's weights on every image,
+7. with held-back images (and ``refit``), training goes on from step 6's weights on every image,
    held-back ones included, for the rest of the minutes (or, with ``epochs``, as many again):
    step 6 measured the weights, this run adds every label and doubles the steps or more;
-9. the weights stripped to ``finetuned.pt`` (fp16 EMA, with the training images' resize factor
+8. the weights stripped to ``finetuned.pt`` (fp16 EMA, with the training images' resize factor
    as ``input_scale``: predict.py --ckpt and the Python API resize images by it, as the weights
-   learnt them, instead of applying the size rule; and step 7's thresholds, if kept);
-   ``validated.pt``: step 6's weights.
+   learnt them, instead of applying the size rule); ``validated.pt``: step 6's weights;
+9. with ``tune``, :func:`tune_detection`: the detection thresholds of finetuned.pt swept on
+   every image it trained on when they hold MIN_TRAINED_TUNE_CELLS cells (else, and without a
+   refit, those of validated.pt on the held-back images, before step 7), the best pair stored in
+   finetuned.pt when the images hold enough cells and it gains enough.
 """
 from __future__ import annotations
 
@@ -86,6 +87,19 @@ TUNE_CONFS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
 TUNE_IOUS = (0.15, 0.2, 0.25, 0.3, 0.35, 0.45)
 MIN_TUNE_CELLS = 10
 TUNE_MIN_GAIN = 0.01
+# The final weights are swept on every image they trained on (instead of validated.pt on the
+# held-back images, or nothing without any) when those hold this many cells or more: enough not to
+# be learnt by heart. Set in docs/EXPERIMENTS.md on 17 finetunings of the leave-one-source-out
+# benchmark: MoNuSeg (398-3786 cells) gained -0.001 to +0.040 on the test tiles (K = 3: 0.688 ->
+# 0.710 for the worst of four seeds), DIC-HeLa at K = 10 (93 cells) +0.009; at K = 3 (27 cells,
+# training F1 0.82-0.93 against 0.71-0.75 on the test frames) -0.021 to +0.018. Then run: MoNuSeg
+# K = 3 seeds 0-3 0.717 / 0.714 / 0.702 / 0.712 (before 0.721 / 0.687 / 0.713 / 0.703).
+MIN_TRAINED_TUNE_CELLS = 50
+# That sweep's time over one scoring of the same images (predict.py's pass, model loading in;
+# before finetuning, and after the first training when a refit follows), kept out of the
+# trainings' minutes. Measured on 3 MoNuSeg tiles (fp32, 2-core AVX2 EPYC): 20-22 s against
+# 1.0-2.0 s a tile to score (ratios 3.3-7); 4 let a 15-minute run end at 15.0, 8 at 13.7.
+TUNE_COST_RATIO = 6.0
 
 
 @dataclass
@@ -115,14 +129,15 @@ class FinetuneOptions:
 
 @dataclass
 class DetectionTuning:
-    """The threshold sweep of :func:`tune_detection` on the held-back images."""
+    """The threshold sweep of :func:`tune_detection` on the final weights' images."""
 
     settings: dict          # {"conf_thres", "iou_thres"} to store, {} = keep data/routing.yaml's
     default_f1: float       # mean F1 with data/routing.yaml's pair
     best_f1: float          # mean F1 with the grid's best pair (chosen on these images)
     best: dict              # the grid's best pair, stored or not
-    cells: int              # cells in the held-back labels
-    routing: dict           # data/routing.yaml's pair (the first held-back image's modality)
+    cells: int              # cells in the swept images' labels
+    routing: dict           # data/routing.yaml's pair (the first image's modality)
+    trained: bool = False   # swept on images the weights trained on (else held-back ones)
 
 
 @dataclass
@@ -140,7 +155,7 @@ class FinetuneResult:
     resize: float                   # resize factor of the training images (1 = as given)
     refit: bool = False             # finetuned.pt trained on further on every image (held-back too)
     refit_epochs: int = 0           # the epochs of that further training
-    tuning: DetectionTuning | None = None  # the threshold sweep on the held-back images
+    tuning: DetectionTuning | None = None  # the threshold sweep of finetuned.pt
 
 
 def default_minutes(device, amp: str, native_bf16=cpu_native_bf16) -> float:
@@ -272,9 +287,35 @@ def score_checkpoint(ckpt: Path, pairs: list, channels, device, amp: str,
     return scores
 
 
-def tune_detection(ckpt: Path, pairs: list, channels, device, amp: str) -> DetectionTuning:
+def tuning_plan(tune: bool, refit: bool, train_labels: list[np.ndarray],
+                held: list) -> tuple[bool, bool]:
+    """Which weights :func:`tune_detection` sweeps: ``(finetuned.pt on every image it trained
+    on, validated.pt on the held-back pairs)``, at most one True. Without a refit, the held-back
+    pairs (never trained on); else the first when the images hold MIN_TRAINED_TUNE_CELLS cells,
+    the second (if any is held back) when they do not."""
+    if not tune or (held and not refit):
+        return False, bool(tune and held)
+    labels = train_labels + [read_pair(*p)[1] for p in held]
+    trained = count_cells(labels) >= MIN_TRAINED_TUNE_CELLS
+    return trained, bool(held) and not trained
+
+
+def sweep_minutes(scoring_seconds: float, n_images: int) -> float:
+    """Minutes that :func:`tune_detection` will take on ``n_images`` images that took
+    ``scoring_seconds`` each to score (TUNE_COST_RATIO times as long)."""
+    return TUNE_COST_RATIO * scoring_seconds * n_images / 60.0
+
+
+def count_cells(labels: list[np.ndarray]) -> int:
+    """Cells (distinct ids other than 0) in label maps."""
+    return sum(len(np.unique(lab[lab > 0])) for lab in labels)
+
+
+def tune_detection(ckpt: Path, pairs: list, channels, device, amp: str,
+                   trained: bool = False) -> DetectionTuning:
     """Sweep TUNE_CONFS x TUNE_IOUS for ``ckpt`` on ``pairs`` (original images, predict.py's
-    preparation and the checkpoint's resize) and choose a pair (see TUNE_MIN_GAIN)."""
+    preparation and the checkpoint's resize) and choose a pair (see TUNE_MIN_GAIN); ``trained``:
+    ``ckpt`` trained on them (recorded, and said in the log)."""
     from utils.io import network_input
     from utils.tune_nms import sweep
 
@@ -288,7 +329,7 @@ def tune_detection(ckpt: Path, pairs: list, channels, device, amp: str) -> Detec
         modality = router.modality or classify_modality(raw)
         settings[modality] = router.params(modality).detection
         items.append((image.name, modality, net, lab))
-        cells += len(np.unique(lab[lab > 0]))
+        cells += count_cells([lab])
     seg = router.segmenter(Path(ckpt), items[0][1])
     frame = sweep(seg, items, TUNE_CONFS, TUNE_IOUS, settings, seg.params.post, seg.params.scale)
     grid = frame[frame["grid"]].groupby(["conf_thres", "iou_thres"])["f1"].mean()
@@ -298,10 +339,11 @@ def tune_detection(ckpt: Path, pairs: list, channels, device, amp: str) -> Detec
     keep = cells >= MIN_TUNE_CELLS and float(grid.max()) >= default + TUNE_MIN_GAIN
     first = settings[items[0][1]]
     routing = {"conf_thres": first.conf_thres, "iou_thres": first.iou_thres}
-    LOGGER.info("detection thresholds on the held-back image(s) (%d cells): routing's F1 %.3f, "
-                "best of the grid %.3f at %s: %s", cells, default, float(grid.max()), best,
-                "stored" if keep else "not stored")
-    return DetectionTuning(best if keep else {}, default, float(grid.max()), best, cells, routing)
+    LOGGER.info("detection thresholds on %d %s image(s) (%d cells): routing's F1 %.3f, best of "
+                "the grid %.3f at %s: %s", len(pairs), "training" if trained else "held-back",
+                cells, default, float(grid.max()), best, "stored" if keep else "not stored")
+    return DetectionTuning(best if keep else {}, default, float(grid.max()), best, cells, routing,
+                           trained)
 
 
 def _train(opt: FinetuneOptions, data_yaml: Path, start: Path, run_dir: Path, name: str,
@@ -351,39 +393,45 @@ def run_finetune(opt: FinetuneOptions) -> FinetuneResult:
     start = start_weights(opt.weights, [raw for raw, _ in loaded])
     scored = held or train
     refit = bool(held) and opt.refit
+    tune_trained, tune_held = tuning_plan(opt.tune, refit, [lab for _, lab in loaded], held)
     device = select_device(opt.device)
     if opt.minutes <= 0 and opt.epochs <= 0:
         opt = replace(opt, minutes=default_minutes(device, opt.amp))
         LOGGER.info("--minutes %g (%s)", opt.minutes, resolve_precision(opt.amp, device).describe())
+    t_score = time.time()
     before = score_checkpoint(start, scored, channels, device, opt.amp)
+    per_image = (time.time() - t_score) / len(scored)  # seconds: one scoring of one image
+    reserve = sweep_minutes(per_image, len(pairs)) if tune_trained else 0.0
     LOGGER.info("%d training image(s), %d held back; cells resized x%.3g; F1 before %.3f",
                 len(train), len(held), factor, float(np.mean(before)))
-    budget = 0.0 if opt.epochs > 0 else max(opt.minutes - SCORING_RESERVE_MIN
+    budget = 0.0 if opt.epochs > 0 else max(opt.minutes - SCORING_RESERVE_MIN - reserve
                                             - (time.time() - t0) / 60.0, 0.5)
     last = _train(opt, data_yaml, start, run_dir, "train", opt.epochs, budget / (2 if refit else 1))
     epochs = epochs_run(last)
     note = _note(opt, start, factor)
-    validated = strip_checkpoint(last, run_dir / ("validated.pt" if refit else "finetuned.pt"),
-                                 note=note, input_scale=factor)
-    after = score_checkpoint(validated, scored, channels, device, opt.amp)
-    tuning = tune_detection(validated, held, channels, device, opt.amp) if held and opt.tune \
-        else None
-    detection = tuning.settings if tuning else {}
-    out = validated
-    if detection and not refit:
-        out = strip_checkpoint(last, validated, note=note, input_scale=factor, detection=detection)
+    out = strip_checkpoint(last, run_dir / ("validated.pt" if refit else "finetuned.pt"),
+                           note=note, input_scale=factor)
+    t_score = time.time()
+    after = score_checkpoint(out, scored, channels, device, opt.amp)
+    if tune_trained:  # finetuned weights find more cells: their scoring is the better measure
+        per_image = max(per_image, (time.time() - t_score) / len(scored))
+        reserve = sweep_minutes(per_image, len(pairs))
+    tuning = tune_detection(out, held, channels, device, opt.amp) if tune_held else None
     if refit:
         LOGGER.info("F1 after %.3f on the held-back image(s); training goes on on all %d images",
                     float(np.mean(after)), len(pairs))
         all_yaml = prepare_dataset(train + held, [], run_dir / "data_all", channels, factor,
                                    epoch_size)
-        rest = 0.0 if opt.epochs > 0 else max(opt.minutes - WRITE_RESERVE_MIN
+        rest = 0.0 if opt.epochs > 0 else max(opt.minutes - WRITE_RESERVE_MIN - reserve
                                               - (time.time() - t0) / 60.0, 0.5)
-        last = _train(opt, all_yaml, validated, run_dir, "train_all", opt.epochs, rest)
+        last = _train(opt, all_yaml, out, run_dir, "train_all", opt.epochs, rest)
         refit_epochs = epochs_run(last)
-        out = strip_checkpoint(last, run_dir / "finetuned.pt",
-                               note=note + f"; then {refit_epochs} epochs on all {len(pairs)} images",
-                               input_scale=factor, detection=detection)
+        note += f"; then {refit_epochs} epochs on all {len(pairs)} images"
+        out = strip_checkpoint(last, run_dir / "finetuned.pt", note=note, input_scale=factor)
+    if tune_trained:
+        tuning = tune_detection(out, train + held, channels, device, opt.amp, trained=True)
+    if tuning and tuning.settings:
+        out = strip_checkpoint(last, out, note=note, input_scale=factor, detection=tuning.settings)
     result = FinetuneResult(float(np.mean(before)), float(np.mean(after)),
                             [p[0].name for p in scored], bool(held), out, start,
                             epochs, (time.time() - t0) / 60.0, factor, refit,
