@@ -46,6 +46,8 @@ def load_model(path, kind: str | None = None) -> nn.Module:
         model.input_scale = float(ckpt.get("input_scale", 1.0))
         # detection settings tuned for these weights (finetune.py; {} = data/routing.yaml's)
         model.detection = tuned_detection(ckpt.get("detection") or {})
+        # trained on a user's images by finetune.py (no size probe at prediction)
+        model.finetuned = bool(ckpt.get("finetuned", False))
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:  # weights of another model

@@ -57,7 +57,7 @@ def test_finetune_end_to_end_then_predict(tmp_path, challenge_set, run_script):
     assert weights.is_file()
     assert "F1 before" in proc.stdout and "-> after" in proc.stdout and "held-back" in proc.stdout
     ckpt = torch.load(weights, map_location="cpu", weights_only=True)
-    assert ckpt["kind"] == "awf" and "finetune.py" in ckpt["note"]
+    assert ckpt["kind"] == "awf" and "finetune.py" in ckpt["note"] and ckpt["finetuned"] is True
     # the training images of the run: 3 trained on, 1 held back (MIN_VAL_PAIRS = 3)
     assert len(list((tmp_path / "runs" / "ft" / "data" / "train" / "images").iterdir())) == 3
     assert len(list((tmp_path / "runs" / "ft" / "data" / "val" / "images").iterdir())) == 1
@@ -68,7 +68,7 @@ def test_finetune_end_to_end_then_predict(tmp_path, challenge_set, run_script):
     assert (tmp_path / "runs" / "ft" / "validated.pt").is_file()
     validated = load_checkpoint(tmp_path / "runs" / "ft" / "validated.pt")
     report = yaml.safe_load((tmp_path / "runs" / "ft" / "finetune.yaml").read_text())
-    assert validated["opt"]["weights"] == report["start"]
+    assert validated["opt"]["weights"] == report["start"] and validated["finetuned"] is True
     assert Path(ckpt["opt"]["weights"]).resolve() == (tmp_path / "runs" / "ft" / "validated.pt").resolve()
     # thresholds of the final weights tuned on all the images they trained on: reported, and
     # stored in finetuned.pt only
@@ -250,6 +250,27 @@ def test_weights_trained_on_resized_images_predict_at_that_scale(tmp_path):
     assert fixed.segmenter(ckpt, "fl").params.scale == 1.5
     shipped = Router(load_routing(), torch.device("cpu"), amp="fp32", base_dir=REPO_ROOT)
     assert shipped.segmenter(REPO_ROOT / "ckpts" / "fl.pt", "fl").params.size_rule is not None
+
+
+def test_finetuned_weights_at_native_scale_keep_the_size_rule_but_never_probe(tmp_path):
+    """Weights finetuned on a user's images learnt their scale: the size rule's probe (a second
+    pass enlarged when the first was unsure) is off for them, on for the shipped weights."""
+    from utils.checkpoint import strip_checkpoint
+    from utils.config import REPO_ROOT
+    from utils.routing import Router, load_routing
+
+    rule = load_routing().size_rule
+    assert rule.probe_factor > 1.0
+    ckpt = strip_checkpoint(REPO_ROOT / "ckpts" / "fl.pt", tmp_path / "ft.pt", finetuned=True)
+    router = Router(load_routing(), torch.device("cpu"), ckpt=str(ckpt), amp="fp32")
+    params = router.segmenter(ckpt, "fl").params
+    assert params.scale == 1.0 and params.size_rule.probe_factor == 1.0
+    assert params.size_rule.min_diameter == rule.min_diameter
+    assert not params.size_rule.wants_probe(20.0, 0.1)
+    plain = strip_checkpoint(REPO_ROOT / "ckpts" / "fl.pt", tmp_path / "plain.pt")
+    other = Router(load_routing(), torch.device("cpu"), ckpt=str(plain), amp="fp32")
+    assert other.segmenter(plain, "fl").params.size_rule == rule
+    assert rule.wants_probe(20.0, 0.1)
 
 
 def test_checkpoint_detection_settings_are_used_and_flags_still_win(tmp_path):

@@ -9,7 +9,8 @@ from utils.inference import RegionStats, RunParams, Segmenter, median_diameter
 from utils.routing import DEFAULT_ROUTING, Overrides, load_routing
 from utils.sizing import FACTOR_STEPS_PER_OCTAVE, MAX_FACTOR, MIN_FACTOR, SizeRule, round_factor
 
-RULE = SizeRule(enabled=True, min_diameter=14, small_target=20, max_diameter=75, large_target=60)
+RULE = SizeRule(enabled=True, min_diameter=14, small_target=20, max_diameter=75, large_target=60,
+                probe_below_diameter=40, probe_below_conf=0.5, probe_factor=2.0, probe_gain=1.2)
 
 
 def test_factor_leaves_the_working_range_alone_and_rescales_outside_it():
@@ -45,16 +46,20 @@ def test_a_rule_whose_second_pass_would_leave_the_range_is_refused(bad):
 
 
 class ThresholdSegmenter(Segmenter):
-    """Bright blobs -> instances; records the shape of every region it was given."""
+    """Bright blobs -> instances, each detected with the score ``score(region shape)`` (0.9
+    by default: a sure pass); records the shape of every region it was given."""
 
-    def __init__(self, params):
+    def __init__(self, params, score=lambda shape: 0.9):
         import torch
         super().__init__(torch.nn.Identity(), params=params)
         self.regions = []
+        self.score = score
 
     def _segment_region(self, image):
         self.regions.append(image.shape[:2])
-        return connected(image[..., 0] > 127).astype(np.int32), RegionStats()
+        label = connected(image[..., 0] > 127).astype(np.int32)
+        n = int(label.max())
+        return label, RegionStats(det_score_sum=n * self.score(image.shape[:2]), n_det=n)
 
 
 def blobs(shape, radius, centres):
@@ -135,3 +140,74 @@ def test_an_enlargement_stops_where_the_image_would_be_cut_into_chunks():
     at_limit = ThresholdSegmenter(RunParams(max_full_size=300))
     at_limit.params.size_rule = RULE
     assert at_limit.segment(image).scale == 1.0 and len(at_limit.regions) == 1
+
+
+def merged_at_native_scale(image):
+    """A stand-in for whole cells shown smaller than trained on: the pass at the image's own
+    size merges touching pairs (one doubtful object each), the enlarged pass separates them."""
+    from scipy.ndimage import binary_dilation
+    mask = image[..., 0] > 127
+    if image.shape[0] > 300:
+        return connected(mask).astype(np.int32)
+    return (connected(binary_dilation(mask, iterations=2)) * mask).astype(np.int32)
+
+
+class MergingSegmenter(ThresholdSegmenter):
+    """:func:`merged_at_native_scale`, its objects scored ``native`` at the image's own size
+    and ``enlarged`` on a larger one."""
+
+    def __init__(self, params, native=0.3, enlarged=0.8):
+        super().__init__(params)
+        self.native, self.enlarged = native, enlarged
+
+    def _segment_region(self, image):
+        self.regions.append(image.shape[:2])
+        label = merged_at_native_scale(image)
+        n = int(label.max())
+        score = self.native if image.shape[0] <= 300 else self.enlarged
+        return label, RegionStats(det_score_sum=n * score, n_det=n)
+
+
+def pairs_image():
+    """Four pairs of 13-px discs 1 px apart in 300 x 300 (a merged pair measures ~17 px, a disc
+    ~12 px: the pairs lie in the size rule's range, the discs under it)."""
+    centres = [(y, x + dx) for y in (75, 225) for x in (75, 225) for dx in (-7, 7)]
+    return blobs((300, 300), 6, centres)
+
+
+def test_an_unsure_first_pass_inside_the_range_is_probed_enlarged_and_the_probe_kept():
+    seg = MergingSegmenter(RunParams())
+    seg.params.size_rule = RULE
+    out = seg.segment(pairs_image())
+    assert seg.regions == [(300, 300), (600, 600)]
+    assert out.scale == 2.0 and out.n_cells == 8 and out.label.shape == (300, 300)
+    off = MergingSegmenter(RunParams())   # the same rule without the probe: one pass, 4 objects
+    off.params.size_rule = SizeRule(enabled=True, min_diameter=14, small_target=20,
+                                    max_diameter=75, large_target=60)
+    assert off.segment(pairs_image()).n_cells == 4 and off.regions == [(300, 300)]
+
+
+@pytest.mark.parametrize("why", ["sure", "large", "no gain", "at the size limit"])
+def test_the_probe_is_skipped_or_dropped_unless_the_first_pass_was_unsure_and_it_gains(why):
+    image, params = pairs_image(), RunParams()
+    if why == "sure":       # a confident first pass is not probed
+        seg = MergingSegmenter(params, native=0.9)
+    elif why == "large":    # cells over probe_below_diameter (merged pairs of 50-px discs)
+        image = blobs((300, 300), 25, [(80, 70), (80, 122), (220, 150)])
+        seg = MergingSegmenter(params)
+    elif why == "no gain":  # probed: the same 4 cells (18 px, apart), no surer: first kept
+        image = blobs((300, 300), 9, [(60, 60), (60, 240), (240, 60), (240, 240)])
+        seg = MergingSegmenter(params, enlarged=0.33)
+    else:                   # enlarging would cut the image into chunks: no probe
+        seg = MergingSegmenter(RunParams(max_full_size=300))
+    seg.params.size_rule = RULE
+    out = seg.segment(image)
+    assert out.scale == 1.0
+    assert len(seg.regions) == (2 if why == "no gain" else 1)
+    assert out.n_cells == {"sure": 4, "large": 2, "no gain": 4, "at the size limit": 4}[why]
+
+
+def test_a_rule_with_a_probe_factor_under_one_is_refused():
+    with pytest.raises(ValueError, match="probe_factor"):
+        SizeRule(enabled=True, min_diameter=14, small_target=20, max_diameter=75,
+                 large_target=60, probe_factor=0.5)

@@ -87,13 +87,15 @@ def tuned_detection(detection: dict) -> dict:
 
 
 def strip_checkpoint(src, dst, note: str = "", input_scale: float = 1.0,
-                     detection: dict | None = None) -> Path:
+                     detection: dict | None = None, finetuned: bool = False) -> Path:
     """Shippable weights from a training checkpoint: the EMA weights in fp16, the model config and
     plain metadata (epoch, best fitness, hyps, the training options), no optimizer state.
     ``input_scale``: the resize factor the training images had (finetune.py resizes cells into
     the working range): prediction with these weights resizes images by it (utils.routing).
     ``detection``: detection settings tuned for these weights (``{"conf_thres": 0.4}``,
     finetune.py), used by prediction instead of data/routing.yaml's (flags still win).
+    ``finetuned``: weights trained on a user's images (finetune.py): they learnt those images'
+    scale, so prediction does not probe other scales (utils.sizing.SizeRule.wants_probe).
 
     A ResNet-18 AWF becomes ~23 MB. :func:`model_state` casts back to float32 on loading.
     """
@@ -104,7 +106,7 @@ def strip_checkpoint(src, dst, note: str = "", input_scale: float = 1.0,
             "epoch": ckpt.get("epoch", -1), "best_fitness": ckpt.get("best_fitness", -1.0),
             "hyp": ckpt.get("hyp", {}), "opt": ckpt.get("opt", {}), "note": note,
             "input_scale": float(input_scale),
-            "detection": tuned_detection(detection or {})}
+            "detection": tuned_detection(detection or {}), "finetuned": bool(finetuned)}
     return save_checkpoint_atomic(slim, dst)
 
 

@@ -410,7 +410,7 @@ def run_finetune(opt: FinetuneOptions) -> FinetuneResult:
     epochs = epochs_run(last)
     note = _note(opt, start, factor)
     out = strip_checkpoint(last, run_dir / ("validated.pt" if refit else "finetuned.pt"),
-                           note=note, input_scale=factor)
+                           note=note, input_scale=factor, finetuned=True)
     t_score = time.time()
     after = score_checkpoint(out, scored, channels, device, opt.amp)
     if tune_trained:  # finetuned weights find more cells: their scoring is the better measure
@@ -427,11 +427,13 @@ def run_finetune(opt: FinetuneOptions) -> FinetuneResult:
         last = _train(opt, all_yaml, out, run_dir, "train_all", opt.epochs, rest)
         refit_epochs = epochs_run(last)
         note += f"; then {refit_epochs} epochs on all {len(pairs)} images"
-        out = strip_checkpoint(last, run_dir / "finetuned.pt", note=note, input_scale=factor)
+        out = strip_checkpoint(last, run_dir / "finetuned.pt", note=note, input_scale=factor,
+                               finetuned=True)
     if tune_trained:
         tuning = tune_detection(out, train + held, channels, device, opt.amp, trained=True)
     if tuning and tuning.settings:
-        out = strip_checkpoint(last, out, note=note, input_scale=factor, detection=tuning.settings)
+        out = strip_checkpoint(last, out, note=note, input_scale=factor, detection=tuning.settings,
+                               finetuned=True)
     result = FinetuneResult(float(np.mean(before)), float(np.mean(after)),
                             [p[0].name for p in scored], bool(held), out, start,
                             epochs, (time.time() - t0) / 60.0, factor, refit,

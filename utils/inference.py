@@ -169,6 +169,15 @@ def resize_label(label: np.ndarray, h: int, w: int) -> np.ndarray:
     return label[np.ix_(yi, xi)]
 
 
+def _summed(kept: Segmentation, *passes: Segmentation) -> Segmentation:
+    """``kept`` (one of ``passes``) with the timings of every pass added up."""
+    timings: dict[str, float] = {}
+    for one in passes:
+        for key, seconds in one.timings.items():
+            timings[key] = timings.get(key, 0.0) + seconds
+    return replace(kept, timings=timings)
+
+
 class Segmenter(abc.ABC):
     """A model in eval mode on a device; ``segment(image) -> Segmentation``. Subclasses supply
     ``_segment_region(image) -> (label, RegionStats)``."""
@@ -201,7 +210,8 @@ class Segmenter(abc.ABC):
         One pass at ``params.scale`` (:meth:`segment_at`); with a ``size_rule`` in the params
         (AWF: data/routing.yaml's; Omnipose: its training diameter's), a second pass at the
         factor the first pass's median diameter asks for (:meth:`utils.sizing.SizeRule.factor`;
-        an enlargement stops at ``max_full_size`` a side), kept unless it finds no cell.
+        an enlargement stops at ``max_full_size`` a side), kept unless it finds no cell; a first
+        pass inside the range but unsure of itself is probed once enlarged (:meth:`_probe`).
         ``diameter`` > 0 (px, the cells' median diameter measured by another model's pass of
         this image: the router's AWF) stands in for the first pass: one pass at the factor it
         asks for. Timings add up."""
@@ -210,18 +220,33 @@ class Segmenter(abc.ABC):
         if rule is None or diameter <= 0:
             first = self.segment_at(image, p.scale)
             diameter = first.diameter
-        factor = rule.factor(diameter) if rule is not None else 1.0
-        if factor > 1.0:  # enlarging never makes an image chunked (a whole slide stays one pass)
-            factor = max(1.0, min(factor, p.max_full_size / (p.scale * max(image.shape[:2]))))
+        factor = self._enlargement(image, rule.factor(diameter)) if rule is not None else 1.0
         if factor == 1.0 and first is not None:
-            return first
+            return self._probe(image, first, rule) if rule is not None else first
         second = self.segment_at(image, p.scale * factor)
         if first is None:
             return second
-        if second.n_cells == 0:
+        return _summed(second if second.n_cells else first, first, second)
+
+    def _enlargement(self, image: np.ndarray, factor: float) -> float:
+        """A resize ``factor`` capped so that an enlarged image stays one region (at most
+        ``max_full_size`` a side after ``params.scale``: a whole slide is never enlarged)."""
+        if factor <= 1.0:
+            return factor
+        return max(1.0, min(factor, self.params.max_full_size / (self.params.scale * max(image.shape[:2]))))
+
+    def _probe(self, image: np.ndarray, first: Segmentation, rule: SizeRule) -> Segmentation:
+        """The size rule's probe (:meth:`utils.sizing.SizeRule.wants_probe`): ``first`` (a pass
+        inside the working range), or the image segmented enlarged by ``probe_factor`` when
+        ``first`` was unsure and the probe finds more cells more surely."""
+        if not rule.wants_probe(first.diameter, first.det_conf):
             return first
-        timings = {k: first.timings.get(k, 0.0) + v for k, v in second.timings.items()}
-        return replace(second, timings=timings)
+        factor = self._enlargement(image, rule.probe_factor)
+        if factor <= 1.0:
+            return first
+        probe = self.segment_at(image, self.params.scale * factor)
+        better = rule.prefers_probe((first.n_cells, first.det_conf), (probe.n_cells, probe.det_conf))
+        return _summed(probe if better else first, first, probe)
 
     def segment_at(self, image: np.ndarray, scale: float) -> Segmentation:
         """One pass: the image resized by ``scale``, segmented whole up to ``max_full_size`` a

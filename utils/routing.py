@@ -1,8 +1,9 @@
 """Per-image branch routing: modality -> checkpoint, per-modality detection settings, Omnipose rule.
 
-data/routing.yaml is the one home of these settings (every key is required, an unknown key is an
-error) and replaces the original framework's edits of predict.py. Its keys, with the shipped
-values (tests/test_predict.py checks this block against the file):
+data/routing.yaml is the one home of these settings (every key is required but the size rule's
+probe, off when absent; an unknown key is an error) and replaces the original framework's edits
+of predict.py. Its keys, with the shipped values (tests/test_predict.py checks this block against
+the file):
 
     ckpt_dir: ckpts
     model_dict: {general: general.pt, bf: bf.pt, gs: grayscale.pt, fl: fl.pt, omni: omnipose.pt}
@@ -14,7 +15,8 @@ values (tests/test_predict.py checks this block against the file):
     omni_rule: {enabled: true, modalities: [fl], awf_conf_below: 0.0, omni_margin: 0.0,
                 diameter_ratio_above: 1.025}
     size_rule: {enabled: true, min_diameter: 14, small_target: 20, max_diameter: 75,
-                large_target: 60}
+                large_target: 60, probe_below_diameter: 40, probe_below_conf: 0.5,
+                probe_factor: 2.0, probe_gain: 1.2}
 
 Each checkpoint is loaded once per run, on first use.
 """
@@ -263,6 +265,9 @@ class Router:
                                      self.overrides.omnipose_params(model.diameter),
                                      precision=self.precision)
         params = self.params(modality, model)
+        if getattr(model, "finetuned", False) and params.size_rule is not None:
+            # weights finetuned on the user's images learnt their scale: no probe of another
+            params = replace(params, size_rule=replace(params.size_rule, probe_factor=1.0))
         scale = getattr(model, "input_scale", 1.0)
         if self.overrides.fixed_scale() is None and scale != 1.0:
             # weights trained on resized images (finetune.py): the same resize, no size rule

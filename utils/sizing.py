@@ -7,8 +7,10 @@ clumps; PhC-PSC cells of ~12 px and the smallest DSB2018 nuclei are missed or me
 is segmented once at its own scale; when the median diameter of what that pass found
 (:func:`utils.inference.median_diameter`) falls outside ``[min_diameter, max_diameter]``, the image
 is resized so that the cells measure ``small_target`` or ``large_target`` px and segmented again.
-Images inside the range cost one pass, as before. An enlargement stops where the image would
-exceed ``max_full_size`` a side (utils/inference.py: 2048 px), so a whole slide is never enlarged.
+Images inside the range cost one pass, unless that pass was unsure of small cells (the probe:
+:meth:`SizeRule.wants_probe`, a second pass enlarged, kept when it finds more cells more surely).
+An enlargement stops where the image would exceed ``max_full_size`` a side (utils/inference.py:
+2048 px), so a whole slide is never enlarged.
 
 Measured with ckpts/general.pt on the data/cells.yaml validation split (evaluate.py, fixed
 ``--scale`` per source; the values below were chosen on those images): DIC-HeLa 0.724 at scale 1,
@@ -85,6 +87,17 @@ class SizeRule:
     small_target: float   # ... to this diameter
     max_diameter: float   # cells found larger than this are shrunk ...
     large_target: float   # ... to this diameter
+    # The probe: an AWF first pass inside the range, unsure of itself (cells under
+    # probe_below_diameter px, mean detection score under probe_below_conf), is segmented again
+    # enlarged by probe_factor, and that pass is kept when it finds more cells more surely
+    # (cells x mean score over probe_gain times the first's). Whole cells shown smaller than the
+    # model learnt them (phase contrast at a lower magnification) come out as a few merged,
+    # doubtful objects at a diameter the range accepts. Off by default (probe_factor 1);
+    # data/routing.yaml sets it; an Omnipose rule never probes (it has no detection score).
+    probe_below_diameter: float = 0.0
+    probe_below_conf: float = 0.0
+    probe_factor: float = 1.0
+    probe_gain: float = 1.0
 
     def __post_init__(self):
         if not 0 < self.min_diameter <= self.max_diameter:
@@ -93,6 +106,9 @@ class SizeRule:
         if not (self.small_target >= self.min_diameter and 0 < self.large_target <= self.max_diameter):
             raise ValueError("size_rule: small_target must be >= min_diameter and large_target "
                              "<= max_diameter (else a second pass would land outside the range)")
+        if self.probe_factor < 1.0 or self.probe_gain < 1.0:
+            raise ValueError(f"size_rule: probe_factor and probe_gain must be >= 1 (1: no probe; "
+                             f"got {self.probe_factor} and {self.probe_gain})")
 
     def factor(self, diameter: float) -> float:
         """Median cell diameter of the first pass (px; 0 = nothing found) -> the resize factor of
@@ -104,3 +120,15 @@ class SizeRule:
         if diameter > self.max_diameter:
             return to_diameter(diameter, self.large_target)
         return 1.0
+
+    def wants_probe(self, diameter: float, det_conf: float) -> bool:
+        """Whether a first pass that the rule leaves alone (``factor`` 1.0) is probed: its cells'
+        median diameter (px, > 0) and mean detection score (0-1) are both under the bounds."""
+        return (self.enabled and self.probe_factor > 1.0 and 0 < diameter < self.probe_below_diameter
+                and det_conf < self.probe_below_conf)
+
+    def prefers_probe(self, first: tuple[int, float], probe: tuple[int, float]) -> bool:
+        """``(cells, mean detection score)`` of the first pass and of the probe -> whether the
+        probe is kept: its cells x score (the expected true detections) over ``probe_gain``
+        times the first's."""
+        return probe[0] * probe[1] > self.probe_gain * first[0] * first[1]
