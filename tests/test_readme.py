@@ -198,7 +198,8 @@ def test_prediction_doc_quotes_the_size_rule_of_routing_yaml():
     for quoted in (f"{rule.min_diameter:g} to {rule.max_diameter:g} pixels",
                    f"measure {rule.small_target:g} px", f"or {rule.large_target:g} px",
                    f"past {MAX_FULL_SIZE} px", f"cells under {rule.probe_below_diameter:g} px",
-                   f"score under {rule.probe_below_conf:g}", f"{rule.probe_gain:g} times"):
+                   f"score under {rule.probe_below_conf:g}", f"{rule.probe_gain:g} times",
+                   f"measuring {rule.min_diameter:g} px or more there"):
         assert quoted in text, f"docs/PREDICTION.md should say {quoted!r} (data/routing.yaml)"
 
 

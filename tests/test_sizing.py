@@ -207,6 +207,31 @@ def test_the_probe_is_skipped_or_dropped_unless_the_first_pass_was_unsure_and_it
     assert out.n_cells == {"sure": 4, "large": 2, "no gain": 4, "at the size limit": 4}[why]
 
 
+class SpeckSegmenter(ThresholdSegmenter):
+    """The first pass finds 4 doubtful blobs; enlarged, it finds 200 sure 6-px specks (texture
+    or noise turned into detections): more cells x score, but smaller than the working range."""
+
+    def _segment_region(self, image):
+        self.regions.append(image.shape[:2])
+        if image.shape[0] <= 300:
+            label = connected(image[..., 0] > 127).astype(np.int32)
+        else:
+            label = np.zeros(image.shape[:2], np.int32)
+            for i in range(200):
+                y, x = 20 + (i // 20) * 28, 20 + (i % 20) * 28
+                label[disk((y, x), 3, shape=label.shape)] = i + 1
+        n = int(label.max())
+        return label, RegionStats(det_score_sum=n * (0.3 if image.shape[0] <= 300 else 0.9), n_det=n)
+
+
+def test_a_probe_that_finds_specks_smaller_than_the_working_range_is_dropped():
+    seg = SpeckSegmenter(RunParams())
+    seg.params.size_rule = RULE
+    out = seg.segment(blobs((300, 300), 9, [(60, 60), (60, 240), (240, 60), (240, 240)]))
+    assert seg.regions == [(300, 300), (600, 600)]     # probed ...
+    assert out.scale == 1.0 and out.n_cells == 4       # ... and dropped
+
+
 def test_a_rule_with_a_probe_factor_under_one_is_refused():
     with pytest.raises(ValueError, match="probe_factor"):
         SizeRule(enabled=True, min_diameter=14, small_target=20, max_diameter=75,

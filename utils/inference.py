@@ -238,14 +238,16 @@ class Segmenter(abc.ABC):
     def _probe(self, image: np.ndarray, first: Segmentation, rule: SizeRule) -> Segmentation:
         """The size rule's probe (:meth:`utils.sizing.SizeRule.wants_probe`): ``first`` (a pass
         inside the working range), or the image segmented enlarged by ``probe_factor`` when
-        ``first`` was unsure and the probe finds more cells more surely."""
+        ``first`` was unsure and the probe finds more cells more surely, of the working range's
+        size."""
         if not rule.wants_probe(first.diameter, first.det_conf):
             return first
         factor = self._enlargement(image, rule.probe_factor)
         if factor <= 1.0:
             return first
         probe = self.segment_at(image, self.params.scale * factor)
-        better = rule.prefers_probe((first.n_cells, first.det_conf), (probe.n_cells, probe.det_conf))
+        better = rule.prefers_probe((first.n_cells, first.det_conf), (probe.n_cells, probe.det_conf),
+                                    probe.diameter * factor)
         return _summed(probe if better else first, first, probe)
 
     def segment_at(self, image: np.ndarray, scale: float) -> Segmentation:

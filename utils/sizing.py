@@ -90,7 +90,8 @@ class SizeRule:
     # The probe: an AWF first pass inside the range, unsure of itself (cells under
     # probe_below_diameter px, mean detection score under probe_below_conf), is segmented again
     # enlarged by probe_factor, and that pass is kept when it finds more cells more surely
-    # (cells x mean score over probe_gain times the first's). Whole cells shown smaller than the
+    # (cells x mean score over probe_gain times the first's) of the range's size (min_diameter
+    # or more in its own pixels: not specks). Whole cells shown smaller than the
     # model learnt them (phase contrast at a lower magnification) come out as a few merged,
     # doubtful objects at a diameter the range accepts. Off by default (probe_factor 1);
     # data/routing.yaml sets it; an Omnipose rule never probes (it has no detection score).
@@ -127,8 +128,12 @@ class SizeRule:
         return (self.enabled and self.probe_factor > 1.0 and 0 < diameter < self.probe_below_diameter
                 and det_conf < self.probe_below_conf)
 
-    def prefers_probe(self, first: tuple[int, float], probe: tuple[int, float]) -> bool:
-        """``(cells, mean detection score)`` of the first pass and of the probe -> whether the
-        probe is kept: its cells x score (the expected true detections) over ``probe_gain``
-        times the first's."""
-        return probe[0] * probe[1] > self.probe_gain * first[0] * first[1]
+    def prefers_probe(self, first: tuple[int, float], probe: tuple[int, float],
+                      probe_diameter: float) -> bool:
+        """``(cells, mean detection score)`` of the first pass and of the probe, and the median
+        diameter of the probe's cells in its own (enlarged) pixels -> whether the probe is kept:
+        its cells x score (the expected true detections) over ``probe_gain`` times the first's,
+        and its cells no smaller than ``min_diameter`` there (else it found specks: texture or
+        noise that enlarging turned into many small detections)."""
+        return (probe[0] * probe[1] > self.probe_gain * first[0] * first[1]
+                and probe_diameter >= self.min_diameter)
