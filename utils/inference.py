@@ -169,12 +169,16 @@ def resize_label(label: np.ndarray, h: int, w: int) -> np.ndarray:
     return label[np.ix_(yi, xi)]
 
 
+def add_timings(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    """Seconds per stage, summed key by key (a new dict)."""
+    return {k: a.get(k, 0.0) + b.get(k, 0.0) for k in dict.fromkeys([*a, *b])}
+
+
 def _summed(kept: Segmentation, *passes: Segmentation) -> Segmentation:
     """``kept`` (one of ``passes``) with the timings of every pass added up."""
     timings: dict[str, float] = {}
     for one in passes:
-        for key, seconds in one.timings.items():
-            timings[key] = timings.get(key, 0.0) + seconds
+        timings = add_timings(timings, one.timings)
     return replace(kept, timings=timings)
 
 

@@ -33,7 +33,7 @@ import torch
 from models.loading import load_model
 from utils.branch_settings import BranchSettings
 from utils.config import REPO_ROOT, ConfigError, from_dict, load_config, load_yaml
-from utils.inference import (AWFSegmenter, InferenceParams, OmniposeParams, OmniposeSegmenter,
+from utils.inference import (AWFSegmenter, add_timings, InferenceParams, OmniposeParams, OmniposeSegmenter,
                              Segmentation)
 from utils.modality import MODALITIES, classify_modality
 from utils.precision import log_precision, resolve_precision
@@ -295,11 +295,6 @@ class Router:
                 result = replace(rival, modality=modality, branch=omni.stem,
                                  timings=result.timings)
         return replace(result, timings=add_timings(spent, result.timings))
-
-
-def add_timings(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
-    """Seconds per stage, summed key by key (a new dict)."""
-    return {k: a.get(k, 0.0) + b.get(k, 0.0) for k in dict.fromkeys([*a, *b])}
 
 
 def renamed_keys(data: dict, where: str) -> dict:
